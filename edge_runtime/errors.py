@@ -1,0 +1,43 @@
+"""Exceptions raised by the device runtime.
+
+Every error carries the context a user needs to act on it: which file,
+which field or tensor, what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class EdgeRuntimeError(Exception):
+    """Base class for every error raised by ``edge_runtime``."""
+
+
+class BackendUnavailableError(EdgeRuntimeError):
+    """No usable TFLite interpreter backend could be imported."""
+
+
+class ArtifactError(EdgeRuntimeError):
+    """An artifact folder is missing a file, is malformed, or was tampered with."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class WeightsError(EdgeRuntimeError):
+    """A set of named tensors does not match the artifact's weight list."""
+
+    def __init__(self, problem: str, tensor: str | None = None) -> None:
+        where = f"tensor {tensor!r}: " if tensor else ""
+        super().__init__(f"{where}{problem}")
+        self.tensor = tensor
+        self.problem = problem
+
+
+class DataError(EdgeRuntimeError):
+    """Local training data does not fit the artifact's manifest."""
+
+    def __init__(self, source: object, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem

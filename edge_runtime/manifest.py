@@ -1,0 +1,229 @@
+"""The artifact manifest: what a device must know about a model to train it.
+
+The manifest is written once by ``model_export`` and read by every device.
+It is plain JSON so that a client in another language (an Android app) can
+read it too; ``docs/ARTIFACT.md`` describes each field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+TFLITE_FILE = "model.tflite"
+WEIGHTS_FILE = "weights.safetensors"
+OPTIMIZERS = ("sgd", "adam")
+FAMILIES = ("mlp", "cnn")
+WEIGHT_DTYPES = ("float32",)
+
+
+class ManifestError(ArtifactError):
+    """A manifest field is missing or holds a value of the wrong kind."""
+
+    def __init__(self, path: object, field_name: str, expected: str, found: object) -> None:
+        super().__init__(path, f"manifest field {field_name!r}: expected {expected}, found {found!r}")
+        self.field_name = field_name
+
+
+def _check(ok: bool, field_name: str, expected: str, found: object) -> None:
+    if not ok:
+        raise ManifestError(MANIFEST_FILE, field_name, expected, found)
+
+
+def _positive_ints(values: object) -> bool:
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+    )
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One trainable tensor, in the order the model uses them."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and isinstance(self.name, str), "weights[].name", "a non-empty string", self.name)
+        _check(_positive_ints(self.shape), f"weights[{self.name}].shape", "a list of positive ints", self.shape)
+        object.__setattr__(self, "shape", tuple(self.shape))
+        _check(self.dtype in WEIGHT_DTYPES, f"weights[{self.name}].dtype", f"one of {WEIGHT_DTYPES}", self.dtype)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer compiled into the ``train`` signature and its hyperparameters."""
+
+    name: str = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.0
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+    def __post_init__(self) -> None:
+        _check(self.name in OPTIMIZERS, "optimizer.name", f"one of {OPTIMIZERS}", self.name)
+        _check(_is_number(self.learning_rate) and self.learning_rate > 0,
+               "optimizer.learning_rate", "a number > 0", self.learning_rate)
+        _check(_is_number(self.momentum) and 0 <= self.momentum < 1,
+               "optimizer.momentum", "a number in [0, 1)", self.momentum)
+        for name in ("beta_1", "beta_2"):
+            value = getattr(self, name)
+            _check(_is_number(value) and 0 <= value < 1, f"optimizer.{name}", "a number in [0, 1)", value)
+        _check(_is_number(self.epsilon) and self.epsilon > 0, "optimizer.epsilon", "a number > 0", self.epsilon)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Input normalization applied inside the model: ``(x - mean) / std``.
+
+    ``mean`` and ``std`` hold either one value (applied to every feature) or
+    one value per feature of the flattened input.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        _check(len(self.mean) == len(self.std) and len(self.mean) > 0,
+               "normalization", "mean and std of the same non-zero length",
+               (len(self.mean), len(self.std)))
+        _check(all(math.isfinite(v) for v in self.mean), "normalization.mean", "finite numbers", self.mean)
+        _check(all(math.isfinite(v) and v > 0 for v in self.std), "normalization.std", "finite numbers > 0", self.std)
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    """Input and output names of one signature in ``model.tflite``."""
+
+    key: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a device needs to load, verify and train an artifact."""
+
+    model_name: str
+    family: str
+    tflite_sha256: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    train_batch_size: int
+    weights: tuple[WeightSpec, ...]
+    optimizer: OptimizerConfig
+    signatures: tuple[SignatureSpec, ...]
+    tensorflow_version: str
+    normalization: Normalization | None = None
+    input_dtype: str = "float32"
+    label_dtype: str = "int32"
+    tflite_file: str = TFLITE_FILE
+    weights_file: str = WEIGHTS_FILE
+    format_version: int = FORMAT_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.format_version == FORMAT_VERSION, "format_version", str(FORMAT_VERSION), self.format_version)
+        _check(self.family in FAMILIES, "family", f"one of {FAMILIES}", self.family)
+        _check(isinstance(self.tflite_sha256, str) and len(self.tflite_sha256) == 64,
+               "tflite_sha256", "64 hex digits", self.tflite_sha256)
+        _check(_positive_ints(self.input_shape), "input_shape", "a list of positive ints", self.input_shape)
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        _check(isinstance(self.num_classes, int) and self.num_classes >= 2,
+               "num_classes", "an int >= 2", self.num_classes)
+        _check(isinstance(self.train_batch_size, int) and self.train_batch_size >= 1,
+               "train_batch_size", "an int >= 1", self.train_batch_size)
+        _check(len(self.weights) > 0, "weights", "at least one weight", self.weights)
+        names = [w.name for w in self.weights]
+        _check(len(set(names)) == len(names), "weights", "unique names", names)
+        _check(self.input_dtype == "float32", "input_dtype", "'float32'", self.input_dtype)
+        _check(self.label_dtype == "int32", "label_dtype", "'int32'", self.label_dtype)
+        if self.normalization is not None:
+            n = len(self.normalization.mean)
+            _check(n in (1, self.feature_count), "normalization",
+                   f"1 or {self.feature_count} values (one per feature)", n)
+
+    @property
+    def feature_count(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        return tuple(w.name for w in self.weights)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(w.size for w in self.weights)
+
+    def signature(self, key: str) -> SignatureSpec:
+        for sig in self.signatures:
+            if sig.key == key:
+                return sig
+        raise ManifestError(MANIFEST_FILE, "signatures", f"a signature named {key!r}",
+                            [s.key for s in self.signatures])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST_FILE
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        _check(isinstance(data, Mapping), "<root>", "a JSON object", type(data).__name__)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        _check(not unknown, "<root>", f"only known fields {sorted(known)}", unknown)
+        missing = sorted(f for f in ("model_name", "family", "tflite_sha256", "input_shape", "num_classes",
+                                      "train_batch_size", "weights", "optimizer", "signatures",
+                                      "tensorflow_version") if f not in data)
+        _check(not missing, "<root>", "every required field", f"missing {missing}")
+        try:
+            fields = dict(data)
+            fields["weights"] = tuple(WeightSpec(**w) for w in data["weights"])
+            fields["optimizer"] = OptimizerConfig(**data["optimizer"])
+            fields["signatures"] = tuple(
+                SignatureSpec(key=s["key"], inputs=tuple(s["inputs"]), outputs=tuple(s["outputs"]))
+                for s in data["signatures"]
+            )
+            if data.get("normalization") is not None:
+                fields["normalization"] = Normalization(**data["normalization"])
+            return cls(**fields)
+        except (TypeError, KeyError) as exc:
+            raise ArtifactError(MANIFEST_FILE, f"malformed manifest: {exc}") from exc
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = Path(folder) / MANIFEST_FILE
+        if not path.is_file():
+            raise ArtifactError(folder, f"no {MANIFEST_FILE}: expected an artifact folder written by `edgefl export`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(path, f"not valid JSON: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ArtifactError as exc:
+            raise ArtifactError(path, exc.problem) from exc
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,51 @@
+"""Named weight tensors: safetensors files and checks against a manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from edge_runtime.errors import WeightsError
+from edge_runtime.manifest import WeightSpec
+
+Weights = dict[str, np.ndarray]
+
+
+def save_weights(path: Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path), metadata=dict(metadata or {}))
+
+
+def load_weights(path: Path) -> Weights:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read safetensors file {path}: {exc}") from exc
+
+
+def check_weights(weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...]) -> Weights:
+    """Return ``weights`` as float32 arrays in manifest order, or raise naming the first problem.
+
+    Rejects missing and unexpected names, wrong shapes, non-float dtypes and
+    non-finite values.
+    """
+    expected = [s.name for s in specs]
+    unexpected = sorted(set(weights) - set(expected))
+    if unexpected:
+        raise WeightsError(f"unexpected tensors {unexpected}; expected exactly {expected}")
+    checked: Weights = {}
+    for spec in specs:
+        if spec.name not in weights:
+            raise WeightsError(f"missing; expected shape {spec.shape} {spec.dtype}", spec.name)
+        value = np.asarray(weights[spec.name])
+        if value.shape != spec.shape:
+            raise WeightsError(f"shape {value.shape}, expected {spec.shape}", spec.name)
+        if value.dtype != np.dtype(spec.dtype):
+            raise WeightsError(f"dtype {value.dtype}, expected {spec.dtype}", spec.name)
+        if not np.all(np.isfinite(value)):
+            raise WeightsError("contains NaN or Inf", spec.name)
+        checked[spec.name] = value
+    return checked

@@ -1,0 +1,74 @@
+"""``export_model``: a ModelSpec in, an artifact folder out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from edge_runtime.manifest import Manifest, SignatureSpec
+from edge_runtime.weights import save_weights
+from model_export.convert import convert
+from model_export.module import TrainableModule
+from model_export.spec import ModelSpec, weight_specs
+
+log = logging.getLogger(__name__)
+
+
+def initial_weights(spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Glorot-uniform kernels and zero biases (Keras' defaults), seeded by ``spec.seed``."""
+    rng = np.random.default_rng(spec.seed)
+    weights: dict[str, np.ndarray] = {}
+    for w in weight_specs(spec):
+        if w.name.endswith("_bias"):
+            weights[w.name] = np.zeros(w.shape, np.float32)
+            continue
+        receptive = math.prod(w.shape[:-2])
+        fan_in, fan_out = w.shape[-2] * receptive, w.shape[-1] * receptive
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        weights[w.name] = rng.uniform(-limit, limit, w.shape).astype(np.float32)
+    return weights
+
+
+def export_model(spec: ModelSpec, out_dir: Path | str) -> Manifest:
+    """Convert ``spec`` to an artifact folder and return its manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    initial = initial_weights(spec)
+    module = TrainableModule(spec, initial)
+    flatbuffer = convert(module)
+    manifest = Manifest(
+        model_name=spec.name,
+        family=spec.family,
+        tflite_sha256=hashlib.sha256(flatbuffer).hexdigest(),
+        input_shape=spec.input_shape,
+        num_classes=spec.num_classes,
+        train_batch_size=spec.batch_size,
+        weights=weight_specs(spec),
+        optimizer=spec.optimizer,
+        signatures=_signature_specs(module),
+        tensorflow_version=tf.__version__,
+        normalization=spec.normalization,
+        extra={"hidden": list(spec.hidden), "filters": list(spec.filters) if spec.family == "cnn" else [],
+               "seed": spec.seed},
+    )
+    (out / manifest.tflite_file).write_bytes(flatbuffer)
+    save_weights(out / manifest.weights_file, initial)
+    manifest.write(out)
+    log.info("wrote %s (%d parameters, %d bytes of TFLite)", out, manifest.parameter_count, len(flatbuffer))
+    return manifest
+
+
+def _signature_specs(module: TrainableModule) -> tuple[SignatureSpec, ...]:
+    names = module.weight_specs
+    return (
+        SignatureSpec("train", ("x", "y", "mask", "lr"), ("loss",)),
+        SignatureSpec("evaluate", ("x", "y"), ("loss_sum", "correct")),
+        SignatureSpec("infer", ("x",), ("logits",)),
+        SignatureSpec("get_weights", (), tuple(w.name for w in names)),
+        SignatureSpec("set_weights", tuple(w.name for w in names), ("ok",)),
+    )
