@@ -32,17 +32,21 @@ class Dataset:
 
 def load_data(path: Path | str, manifest: Manifest, label_column: str = DEFAULT_LABEL_COLUMN) -> Dataset:
     """Load ``path`` and check it against ``manifest``."""
+    x, y = read_arrays(path, label_column)
+    return check_arrays(x, y, manifest, path)
+
+
+def read_arrays(path: Path | str, label_column: str = DEFAULT_LABEL_COLUMN) -> tuple[np.ndarray, np.ndarray]:
+    """The raw ``x`` and ``y`` arrays of a data file, not yet checked against any manifest."""
     source = Path(path)
     if not source.is_file():
         raise DataError(source, "no such file; expected a .npz (arrays x, y) or a .csv with a label column")
     suffix = source.suffix.lower()
     if suffix == ".npz":
-        x, y = _read_npz(source)
-    elif suffix == ".csv":
-        x, y = _read_csv(source, label_column)
-    else:
-        raise DataError(source, f"unsupported file type {suffix!r}; expected .npz or .csv")
-    return check_arrays(x, y, manifest, source)
+        return _read_npz(source)
+    if suffix == ".csv":
+        return _read_csv(source, label_column)
+    raise DataError(source, f"unsupported file type {suffix!r}; expected .npz or .csv")
 
 
 def check_arrays(x: object, y: object, manifest: Manifest, source: object = "arrays") -> Dataset:

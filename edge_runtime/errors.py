@@ -7,7 +7,11 @@ which field or tensor, what was found and what was expected.
 from __future__ import annotations
 
 
-class EdgeRuntimeError(Exception):
+class EdgeflError(Exception):
+    """Base class of every error the ``edgefl`` packages raise on purpose."""
+
+
+class EdgeRuntimeError(EdgeflError):
     """Base class for every error raised by ``edge_runtime``."""
 
 

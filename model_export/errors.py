@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from edge_runtime.errors import EdgeflError
 
-class ExportError(Exception):
+
+class ExportError(EdgeflError):
     """Base class for every error raised by ``model_export``."""
 
 

@@ -1,0 +1,52 @@
+"""The ``edgefl`` command: one entry point, one module per group of subcommands.
+
+Each module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)``
+and imports nothing heavy at module level, so ``edgefl --help`` and the
+device-side commands run without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge_runtime.errors import EdgeflError
+
+COMMAND_MODULES = (
+    "model_export.cli",
+    "edge_runtime.train_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgefl",
+        description="On-device federated learning: export builtin-only TFLite training artifacts, train on devices.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.handler(args)
+    except EdgeflError as exc:
+        print(f"edgefl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

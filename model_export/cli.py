@@ -1,0 +1,107 @@
+"""``edgefl export`` and ``edgefl demo``. TensorFlow is imported only when they run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.data import DEFAULT_LABEL_COLUMN, read_arrays
+from edge_runtime.errors import EdgeflError
+from edge_runtime.manifest import OPTIMIZERS, Normalization, OptimizerConfig
+from model_export.spec import ModelSpec
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("export", help="export a model to a builtin-only TFLite training artifact",
+                              description="Export an mlp or cnn to an artifact folder (model.tflite with train, "
+                                          "evaluate, infer, get_weights and set_weights signatures; "
+                                          "manifest.json; weights.safetensors). Needs the export extra.")
+    p.add_argument("family", choices=["mlp", "cnn"])
+    p.add_argument("--out", required=True, type=Path, help="artifact folder to write")
+    p.add_argument("--input-shape", required=True, type=_ints, help="per-example shape, e.g. 30 or 28,28,1")
+    p.add_argument("--classes", required=True, type=int, help="number of classes")
+    p.add_argument("--hidden", type=_ints, help="dense hidden sizes, e.g. 64,32 (mlp default 64; cnn default none)")
+    p.add_argument("--filters", type=_ints, default=(16, 32), help="cnn: 3x3 conv filters per block (16,32)")
+    p.add_argument("--batch-size", type=int, default=32, help="static batch size of the train signature (32)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer in the train signature (sgd)")
+    p.add_argument("--lr", type=float, help="default learning rate (sgd 0.05, adam 0.001)")
+    p.add_argument("--momentum", type=float, default=0.0, help="sgd momentum (0)")
+    p.add_argument("--normalize-from", type=Path, metavar="DATA",
+                   help="compute per-feature mean/std from this .npz/.csv and normalize inside the model")
+    p.add_argument("--label-column", default=DEFAULT_LABEL_COLUMN, help="label column for a .csv (label)")
+    p.add_argument("--norm-mean", type=float, help="one mean for every feature, instead of --normalize-from")
+    p.add_argument("--norm-std", type=float, help="one std for every feature, instead of --normalize-from")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights (0)")
+    p.add_argument("--name", default="", help="model name recorded in the manifest (default: the family)")
+    p.set_defaults(handler=run_export)
+
+    d = subparsers.add_parser("demo", help="export the digits cnn and train it locally through TFLite",
+                              description="Export a cnn for scikit-learn's bundled 8x8 digits, then train and "
+                                          "evaluate it through the TFLite artifact alone.")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the artifact and data")
+    d.add_argument("--epochs", type=int, default=15, help="local epochs (%(default)s)")
+    d.set_defaults(handler=run_demo)
+
+
+def spec_from_args(args: argparse.Namespace) -> ModelSpec:
+    default_lr = 0.05 if args.optimizer == "sgd" else 0.001
+    optimizer = OptimizerConfig(args.optimizer, args.lr or default_lr, momentum=args.momentum)
+    hidden = args.hidden if args.hidden is not None else ((64,) if args.family == "mlp" else ())
+    return ModelSpec(family=args.family, input_shape=args.input_shape, num_classes=args.classes, hidden=hidden,
+                     filters=args.filters, batch_size=args.batch_size, optimizer=optimizer,
+                     normalization=_normalization(args), seed=args.seed, name=args.name)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    export = _exporter()
+    manifest = export(spec_from_args(args), args.out)
+    print(f"wrote {args.out}: {manifest.model_name}, {manifest.parameter_count} parameters, "
+          f"train batch {manifest.train_batch_size}, optimizer {manifest.optimizer.name}, builtin ops only")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from model_export.demo import run
+
+    return run(args.out, args.epochs)
+
+
+def normalization_from(path: Path, label_column: str) -> Normalization:
+    """Per-feature mean and std of a data file's ``x`` (a zero std becomes 1)."""
+    x, _ = read_arrays(path, label_column)
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    std = flat.std(axis=0)
+    return Normalization(tuple(flat.mean(axis=0)), tuple(np.where(std > 1e-8, std, 1.0)))
+
+
+def _normalization(args: argparse.Namespace) -> Normalization | None:
+    if args.normalize_from and (args.norm_mean is not None or args.norm_std is not None):
+        raise EdgeflError("give either --normalize-from or --norm-mean/--norm-std, not both")
+    if args.normalize_from:
+        return normalization_from(args.normalize_from, args.label_column)
+    if args.norm_mean is None and args.norm_std is None:
+        return None
+    return Normalization((args.norm_mean or 0.0,), (args.norm_std or 1.0,))
+
+
+def _exporter() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from model_export.exporter import export_model
+    except ImportError as exc:
+        raise EdgeflError(f"exporting needs TensorFlow: pip install 'edgefl[export]' ({exc})") from exc
+    return export_model
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 28,28,1, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
