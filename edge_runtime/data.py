@@ -70,7 +70,7 @@ def check_arrays(x: object, y: object, manifest: Manifest, source: object = "arr
             raise DataError(source, f"y has dtype {ys.dtype}; expected integer class labels")
     bad = (ys < 0) | (ys >= manifest.num_classes)
     if np.any(bad):
-        raise DataError(source, f"label {ys[bad][0]!r} out of range; expected 0..{manifest.num_classes - 1}")
+        raise DataError(source, f"label {ys[bad][0].item()!r} out of range; expected 0..{manifest.num_classes - 1}")
     xs = xs.astype(np.float32, copy=False)
     if not np.all(np.isfinite(xs)):
         raise DataError(source, "x contains NaN or Inf")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZERS = ("sgd", "adam")
 FAMILIES = ("mlp", "cnn")
 WEIGHT_DTYPES = ("float32",)
+REQUIRED_SIGNATURES = ("train", "evaluate", "infer", "get_weights", "set_weights")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ManifestError(ArtifactError):
@@ -31,6 +35,8 @@ class ManifestError(ArtifactError):
     def __init__(self, path: object, field_name: str, expected: str, found: object) -> None:
         super().__init__(path, f"manifest field {field_name!r}: expected {expected}, found {found!r}")
         self.field_name = field_name
+        self.expected = expected
+        self.found = found
 
 
 def _check(ok: bool, field_name: str, expected: str, found: object) -> None:
@@ -39,9 +45,17 @@ def _check(ok: bool, field_name: str, expected: str, found: object) -> None:
 
 
 def _positive_ints(values: object) -> bool:
-    return isinstance(values, (list, tuple)) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
-    )
+    return isinstance(values, (list, tuple)) and all(_is_int(v) and v > 0 for v in values)  # type: ignore[operator]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_file_name(value: object) -> bool:
+    """A file name inside the artifact folder: no directories, no '..', no hidden tricks."""
+    return (isinstance(value, str) and _FILE_NAME.fullmatch(value) is not None
+            and value not in (".", ".."))
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,8 @@ class OptimizerConfig:
             value = getattr(self, name)
             _check(_is_number(value) and 0 <= value < 1, f"optimizer.{name}", "a number in [0, 1)", value)
         _check(_is_number(self.epsilon) and self.epsilon > 0, "optimizer.epsilon", "a number > 0", self.epsilon)
+        _check(self.name == "sgd" or self.momentum == 0, "optimizer.momentum",
+               "0 unless the optimizer is sgd (adam has beta_1 instead)", self.momentum)
 
 
 @dataclass(frozen=True)
@@ -98,8 +114,11 @@ class Normalization:
     std: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            _check(isinstance(values, (list, tuple)) and all(_is_number(v) for v in values),
+                   f"normalization.{name}", "a list of finite numbers", values)
+            object.__setattr__(self, name, tuple(float(v) for v in values))
         _check(len(self.mean) == len(self.std) and len(self.mean) > 0,
                "normalization", "mean and std of the same non-zero length",
                (len(self.mean), len(self.std)))
@@ -139,16 +158,26 @@ class Manifest:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.format_version == FORMAT_VERSION, "format_version", str(FORMAT_VERSION), self.format_version)
+        _check(_is_int(self.format_version) and self.format_version == FORMAT_VERSION,
+               "format_version", str(FORMAT_VERSION), self.format_version)
+        _check(isinstance(self.model_name, str) and bool(self.model_name), "model_name", "a non-empty string",
+               self.model_name)
         _check(self.family in FAMILIES, "family", f"one of {FAMILIES}", self.family)
-        _check(isinstance(self.tflite_sha256, str) and len(self.tflite_sha256) == 64,
-               "tflite_sha256", "64 hex digits", self.tflite_sha256)
-        _check(_positive_ints(self.input_shape), "input_shape", "a list of positive ints", self.input_shape)
+        _check(isinstance(self.tflite_sha256, str) and _SHA256.fullmatch(self.tflite_sha256) is not None,
+               "tflite_sha256", "64 lowercase hex digits", self.tflite_sha256)
+        for name in ("tflite_file", "weights_file"):
+            _check(_plain_file_name(getattr(self, name)), name, "a plain file name inside the artifact folder",
+                   getattr(self, name))
+        _check(_positive_ints(self.input_shape) and len(self.input_shape) > 0,
+               "input_shape", "a non-empty list of positive ints", self.input_shape)
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
-        _check(isinstance(self.num_classes, int) and self.num_classes >= 2,
-               "num_classes", "an int >= 2", self.num_classes)
-        _check(isinstance(self.train_batch_size, int) and self.train_batch_size >= 1,
+        _check(_is_int(self.num_classes) and self.num_classes >= 2, "num_classes", "an int >= 2", self.num_classes)
+        _check(_is_int(self.train_batch_size) and self.train_batch_size >= 1,
                "train_batch_size", "an int >= 1", self.train_batch_size)
+        _check(isinstance(self.tensorflow_version, str), "tensorflow_version", "a string", self.tensorflow_version)
+        keys = [sig.key for sig in self.signatures]
+        _check(all(k in keys for k in REQUIRED_SIGNATURES), "signatures", f"at least {REQUIRED_SIGNATURES}", keys)
+        _check(isinstance(self.extra, Mapping), "extra", "a JSON object", self.extra)
         _check(len(self.weights) > 0, "weights", "at least one weight", self.weights)
         names = [w.name for w in self.weights]
         _check(len(set(names)) == len(names), "weights", "unique names", names)
@@ -221,8 +250,10 @@ class Manifest:
             raise ArtifactError(path, f"not valid JSON: {exc}") from exc
         try:
             return cls.from_dict(data)
+        except ManifestError as exc:
+            raise ManifestError(path, exc.field_name, exc.expected, exc.found) from None
         except ArtifactError as exc:
-            raise ArtifactError(path, exc.problem) from exc
+            raise ArtifactError(path, exc.problem) from None
 
 
 def _is_number(value: object) -> bool:

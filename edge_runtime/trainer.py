@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_runtime.artifact import Artifact
 from edge_runtime.backend import Backend, select_backend
-from edge_runtime.data import Dataset, check_arrays
+from edge_runtime.data import check_arrays
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.weights import Weights, check_weights
 
@@ -53,6 +53,8 @@ class Trainer:
         self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
         self._interpreter = self.backend.interpreter(artifact.read_model(), num_threads=num_threads)
         self._runners: dict[str, Any] = {}
+        self._full_mask = np.ones((self.manifest.train_batch_size,), np.float32)
+        self._default_lr = np.float32(self.manifest.optimizer.learning_rate)
         self.set_weights(artifact.initial_weights())
 
     def _runner(self, key: str) -> Any:
@@ -61,7 +63,7 @@ class Trainer:
         return self._runners[key]
 
     def get_weights(self) -> Weights:
-        out = self._runner("get_weights")()
+        out = self._runner("get_weights")(unused=np.float32(0))
         return {name: np.array(out[name]) for name in self.manifest.weight_names}
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -81,45 +83,55 @@ class Trainer:
         if (epochs is not None and epochs < 1) or (steps is not None and steps < 1):
             raise EdgeRuntimeError(f"epochs and steps must be >= 1, got epochs={epochs}, steps={steps}")
         data = check_arrays(x, y, self.manifest)
-        rate = np.float32(self.manifest.optimizer.learning_rate if lr is None else lr)
-        train = self._runner("train")
         total_steps = steps if steps is not None else (epochs or 0) * self.steps_per_epoch(len(data))
         started = time.perf_counter()
         loss_sum, seen = 0.0, 0
-        for step, (bx, by, mask, count) in enumerate(self._batches(data, seed)):
-            if step == total_steps:
-                break
-            loss = float(train(x=bx, y=by, mask=mask, lr=rate)["loss"])
-            if not np.isfinite(loss):
-                raise EdgeRuntimeError(f"training diverged: loss is {loss} at step {step}; lower the learning rate")
-            loss_sum += loss * count
-            seen += count
+        for step, idx in zip(range(total_steps), self._batch_indices(len(data), seed), strict=False):
+            loss = self._step(data.x[idx], data.y[idx], lr)
+            loss_sum += loss * len(idx)
+            seen += len(idx)
             if on_step is not None:
                 on_step(step, loss)
         wall = time.perf_counter() - started
         return TrainResult(examples_seen=seen, steps=total_steps, mean_loss=loss_sum / max(seen, 1), wall_time_s=wall)
 
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> float:
+        """One optimizer step on 1..``train_batch_size`` rows; returns their mean loss.
+
+        Fewer rows than the batch size are padded with zeros and masked out,
+        so the step is exactly the step on those rows alone.
+        """
+        data = check_arrays(x, y, self.manifest)
+        if len(data) > self.manifest.train_batch_size:
+            raise EdgeRuntimeError(f"train_step got {len(data)} rows; expected at most "
+                                   f"{self.manifest.train_batch_size} (the artifact's train batch size)")
+        return self._step(data.x, data.y, lr)
+
     def steps_per_epoch(self, examples: int) -> int:
         return -(-examples // self.manifest.train_batch_size)
 
-    def _batches(self, data: Dataset, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-        batch = self.manifest.train_batch_size
+    def _step(self, x: np.ndarray, y: np.ndarray, lr: float | None) -> float:
+        batch, count = self.manifest.train_batch_size, len(y)
+        mask = self._full_mask
+        if count < batch:
+            mask = np.zeros((batch,), np.float32)
+            mask[:count] = 1.0
+            x = np.concatenate([x, np.zeros((batch - count, *x.shape[1:]), np.float32)])
+            y = np.concatenate([y, np.zeros((batch - count,), np.int32)])
+        rate = self._default_lr if lr is None else np.float32(lr)
+        loss = float(self._runner("train")(x=x, y=y, mask=mask, lr=rate)["loss"])
+        if not np.isfinite(loss):
+            raise EdgeRuntimeError(f"training diverged: loss is {loss}; lower the learning rate")
+        return loss
+
+    def _batch_indices(self, examples: int, seed: int) -> Iterator[np.ndarray]:
+        """Endless batches of row indices: a fresh seeded permutation each epoch; the last may be short."""
         rng = np.random.default_rng(seed)
-        x_pad = np.zeros((batch, *self.manifest.input_shape), np.float32)
-        y_pad = np.zeros((batch,), np.int32)
+        batch = self.manifest.train_batch_size
         while True:
-            order = rng.permutation(len(data))
-            for start in range(0, len(order), batch):
-                idx = order[start:start + batch]
-                count = len(idx)
-                mask = np.zeros((batch,), np.float32)
-                mask[:count] = 1.0
-                if count == batch:
-                    yield data.x[idx], data.y[idx], mask, count
-                    continue
-                bx, by = x_pad.copy(), y_pad.copy()
-                bx[:count], by[:count] = data.x[idx], data.y[idx]
-                yield bx, by, mask, count
+            order = rng.permutation(examples)
+            for start in range(0, examples, batch):
+                yield order[start:start + batch]
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> EvalResult:
         data = check_arrays(x, y, self.manifest)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from edge_runtime.errors import WeightsError
 from edge_runtime.manifest import WeightSpec
@@ -16,7 +17,12 @@ Weights = dict[str, np.ndarray]
 
 
 def save_weights(path: Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path), metadata=dict(metadata or {}))
+    """Write ``weights`` as safetensors, atomically (a reader never sees a half-written file)."""
+    target = Path(path)
+    content = save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=dict(metadata or {}))
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(content)
+    os.replace(partial, target)
 
 
 def load_weights(path: Path) -> Weights:
@@ -29,8 +35,8 @@ def load_weights(path: Path) -> Weights:
 def check_weights(weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...]) -> Weights:
     """Return ``weights`` as float32 arrays in manifest order, or raise naming the first problem.
 
-    Rejects missing and unexpected names, wrong shapes, non-float dtypes and
-    non-finite values.
+    Rejects missing and unexpected names, wrong shapes, any dtype other than the
+    manifest's (float32), and non-finite values.
     """
     expected = [s.name for s in specs]
     unexpected = sorted(set(weights) - set(expected))

@@ -69,6 +69,6 @@ def _signature_specs(module: TrainableModule) -> tuple[SignatureSpec, ...]:
         SignatureSpec("train", ("x", "y", "mask", "lr"), ("loss",)),
         SignatureSpec("evaluate", ("x", "y"), ("loss_sum", "correct")),
         SignatureSpec("infer", ("x",), ("logits",)),
-        SignatureSpec("get_weights", (), tuple(w.name for w in names)),
+        SignatureSpec("get_weights", ("unused",), tuple(w.name for w in names)),
         SignatureSpec("set_weights", tuple(w.name for w in names), ("ok",)),
     )

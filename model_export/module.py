@@ -7,7 +7,8 @@ Signatures (names are part of the artifact format, see docs/ARTIFACT.md):
   short last batch trains on exactly its real rows; ``loss`` is their mean.
 - ``evaluate(x, y) -> loss_sum, correct``: any number of rows.
 - ``infer(x) -> logits``: any number of rows.
-- ``get_weights() -> {name: tensor}``.
+- ``get_weights(unused) -> {name: tensor}``: ``unused`` is a float32 scalar that
+  is ignored; it exists because Java's ``runSignature`` refuses an empty input map.
 - ``set_weights({name: tensor}) -> ok``: also resets the optimizer state.
 """
 
@@ -67,8 +68,10 @@ class TrainableModule(tf.Module):
         def infer(x: Any) -> dict[str, Any]:
             return {"logits": forward(spec, self._named(), x)}
 
-        @tf.function(input_signature=[])
-        def get_weights() -> dict[str, Any]:
+        # get_weights takes one input it ignores: the Java/Kotlin runSignature refuses an empty input map.
+        @tf.function(input_signature=[tf.TensorSpec([], tf.float32, name="unused")])
+        def get_weights(unused: Any) -> dict[str, Any]:
+            del unused
             return {name: tf.identity(v) for name, v in self._named().items()}
 
         @tf.function(input_signature=[tf.TensorSpec(w.shape, tf.float32, name=w.name) for w in self.weight_specs])

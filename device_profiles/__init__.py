@@ -1,0 +1,1 @@
+"""Device profiles for fleet emulation (see the fleet emulation issue)."""

@@ -1,0 +1,138 @@
+"""Artifact verification and local data loading: refusals carry what was found and what was expected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.artifact import Artifact
+from edge_runtime.data import load_data
+from edge_runtime.errors import ArtifactError, DataError
+from edge_runtime.manifest import Manifest, ManifestError, OptimizerConfig
+from model_export.spec import ModelSpec
+
+SPEC = ModelSpec("cnn", (8, 8, 1), 4, filters=(4,), hidden=(), batch_size=8)
+
+
+@pytest.fixture
+def artifact_copy(export, tmp_path) -> Path:
+    return Path(shutil.copytree(export(SPEC), tmp_path / "artifact"))
+
+
+def test_exported_artifact_loads_and_describes_itself(artifact_copy) -> None:
+    manifest = Artifact.load(artifact_copy).manifest
+    assert manifest.input_shape == (8, 8, 1)
+    assert manifest.num_classes == 4
+    assert manifest.train_batch_size == 8
+    assert manifest.weight_names == ("conv_0_kernel", "conv_0_bias", "dense_0_kernel", "dense_0_bias")
+    assert [w.shape for w in manifest.weights] == [(3, 3, 1, 4), (4,), (144, 4), (4,)]
+    assert manifest.optimizer == SPEC.optimizer
+    assert manifest.tensorflow_version.startswith("2.")
+    assert {s.key for s in manifest.signatures} == {"train", "evaluate", "infer", "get_weights", "set_weights"}
+
+
+def test_tampered_tflite_is_refused(artifact_copy) -> None:
+    model = artifact_copy / "model.tflite"
+    content = bytearray(model.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    model.write_bytes(bytes(content))
+    with pytest.raises(ArtifactError, match="does not match the manifest's"):
+        Artifact.load(artifact_copy)
+
+
+def test_tflite_swapped_after_load_is_refused_by_the_trainer(artifact_copy, export) -> None:
+    from edge_runtime.trainer import Trainer
+
+    artifact = Artifact.load(artifact_copy)
+    other = export(ModelSpec("mlp", (3,), 2, hidden=(4,)))
+    shutil.copy(other / "model.tflite", artifact_copy / "model.tflite")
+    with pytest.raises(ArtifactError, match="refusing to load it"):
+        Trainer(artifact)
+
+
+def test_missing_files_and_bad_manifests_are_named(artifact_copy, tmp_path) -> None:
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        Artifact.load(tmp_path)
+    manifest_path = artifact_copy / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data["optimizer"]["name"] = "rmsprop"
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"'optimizer.name': expected one of \('sgd', 'adam'\), found 'rmsprop'"):
+        Artifact.load(artifact_copy)
+    data["optimizer"]["name"] = "sgd"
+    data["colour"] = "blue"
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"\['colour'\]"):
+        Artifact.load(artifact_copy)
+    (artifact_copy / "weights.safetensors").unlink()
+    del data["colour"]
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="missing weights.safetensors"):
+        Artifact.load(artifact_copy)
+
+
+def test_manifest_round_trips_through_json(artifact_copy) -> None:
+    manifest = Manifest.read(artifact_copy)
+    assert Manifest.from_dict(json.loads(manifest.to_json())) == manifest
+    with pytest.raises(ManifestError, match="learning_rate"):
+        OptimizerConfig("sgd", -1.0)
+
+
+def _manifest(artifact_copy: Path) -> Manifest:
+    return Artifact.load(artifact_copy).manifest
+
+
+def test_npz_of_the_wrong_shape_gets_a_clear_error(artifact_copy, tmp_path) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((10, 7, 7, 1), np.float32), y=np.zeros(10, np.int32))
+    with pytest.raises(DataError, match=r"x has shape \(10, 7, 7, 1\); expected \(N, 8, 8, 1\) or \(N, 64\)"):
+        load_data(path, _manifest(artifact_copy))
+
+
+@pytest.mark.parametrize(("x", "y", "message"), [
+    (np.zeros((4, 64)), np.zeros(3, int), r"y has shape \(3,\); expected \(4,\)"),
+    (np.zeros((4, 64)), np.array([0, 1, 2, 4]), "label 4 out of range; expected 0..3"),
+    (np.zeros((4, 64)), np.array([0.5, 1, 2, 3]), "expected integer class labels"),
+    (np.array([["a"] * 64] * 4), np.zeros(4, int), "x has dtype <U1; expected numbers"),
+    (np.full((4, 64), np.nan), np.zeros(4, int), "NaN or Inf"),
+])
+def test_bad_arrays_are_refused(artifact_copy, tmp_path, x, y, message) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=x, y=y)
+    with pytest.raises(DataError, match=message):
+        load_data(path, _manifest(artifact_copy))
+
+
+def test_npz_without_y_names_the_missing_array(artifact_copy, tmp_path) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((2, 64)), labels=np.zeros(2))
+    with pytest.raises(DataError, match=r"missing arrays \['y'\]"):
+        load_data(path, _manifest(artifact_copy))
+
+
+def test_csv_with_a_label_column_loads_flat_rows(artifact_copy, tmp_path) -> None:
+    path = tmp_path / "data.csv"
+    header = ",".join([f"p{i}" for i in range(64)] + ["label"])
+    rows = [",".join(["1.5"] * 64 + [str(i % 4)]) for i in range(6)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    data = load_data(path, _manifest(artifact_copy))
+    assert data.x.shape == (6, 8, 8, 1) and data.x.dtype == np.float32
+    assert data.y.tolist() == [0, 1, 2, 3, 0, 1]
+
+
+def test_csv_errors_name_the_line_or_column(artifact_copy, tmp_path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("a,b,label\n1,2,0\n")
+    with pytest.raises(DataError, match=r"x has shape \(1, 2\); expected"):
+        load_data(path, _manifest(artifact_copy))
+    with pytest.raises(DataError, match="no label column 'target'"):
+        load_data(path, _manifest(artifact_copy), label_column="target")
+    path.write_text("a,b,label\n1,2\n")
+    with pytest.raises(DataError, match="line 2 has 2 fields; expected 3"):
+        load_data(path, _manifest(artifact_copy))
+    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+        load_data(path.with_suffix(".txt").touch() or path.with_suffix(".txt"), _manifest(artifact_copy))
