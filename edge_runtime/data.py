@@ -65,9 +65,9 @@ def check_arrays(x: object, y: object, manifest: Manifest, source: object = "arr
         xs = xs.reshape((xs.shape[0], *manifest.input_shape))
     if ys.shape != (xs.shape[0],):
         raise DataError(source, f"y has shape {ys.shape}; expected ({xs.shape[0]},), one label per row of x")
-    if not np.issubdtype(ys.dtype, np.integer):
-        if not (np.issubdtype(ys.dtype, np.floating) and np.all(np.mod(ys, 1) == 0)):
-            raise DataError(source, f"y has dtype {ys.dtype}; expected integer class labels")
+    whole_floats = np.issubdtype(ys.dtype, np.floating) and bool(np.all(np.mod(ys, 1) == 0))
+    if not (np.issubdtype(ys.dtype, np.integer) or whole_floats):
+        raise DataError(source, f"y has dtype {ys.dtype}; expected integer class labels")
     bad = (ys < 0) | (ys >= manifest.num_classes)
     if np.any(bad):
         raise DataError(source, f"label {ys[bad][0].item()!r} out of range; expected 0..{manifest.num_classes - 1}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -45,7 +46,7 @@ def _check(ok: bool, field_name: str, expected: str, found: object) -> None:
 
 
 def _positive_ints(values: object) -> bool:
-    return isinstance(values, (list, tuple)) and all(_is_int(v) and v > 0 for v in values)  # type: ignore[operator]
+    return isinstance(values, (list, tuple)) and all(_is_int(v) and v > 0 for v in values)
 
 
 def _is_int(value: object) -> bool:
@@ -257,4 +258,5 @@ class Manifest:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number (numpy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from edge_runtime.artifact import Artifact

@@ -4,9 +4,10 @@ TensorFlow's own gradients of several common ops are not TFLite builtins
 (``ReluGrad``, ``Conv2DBackpropFilter``, ``SparseSoftmaxCrossEntropyWithLogits``,
 ``MaxPoolGrad``). Each block here is written so that its forward pass and
 its gradient use only ops that do convert: relu carries a custom gradient,
-the 3x3 convolution is nine ``tf.slice`` calls (whose gradient is a pad;
-Python slicing would give ``StridedSliceGrad``), a concat and one matmul (im2col), pooling
-is a reshape and a mean, and cross-entropy is log-softmax times a one-hot.
+the 3x3 convolution is a patch matrix times the kernel (im2col) with a custom
+gradient made of matrix products, pooling is a reshape and a mean, and
+cross-entropy is log-softmax times a one-hot. Slices are ``tf.slice``:
+Python slicing would give ``StridedSlice``, whose gradient is not a builtin.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from model_export.spec import CONV_KERNEL, POOL, ModelSpec, pools_after
 
 Tensor = Any  # tf.Tensor; TensorFlow ships no usable static types.
+FEW_CHANNELS = 4
 
 
 @tf.custom_gradient
@@ -37,22 +40,59 @@ def dense(x: Tensor, kernel: Tensor, bias: Tensor) -> Tensor:
 
 
 def conv3x3(x: Tensor, kernel: Tensor, bias: Tensor) -> Tensor:
-    """3x3 VALID convolution, stride 1, as im2col: nine slices, a concat, a matmul.
+    """3x3 VALID convolution, stride 1, computed as patches times a matrix (im2col).
 
-    ``kernel`` has the Keras layout ``(3, 3, in, out)``; reshaping it to
-    ``(9 * in, out)`` orders rows by (row, column, channel), which is the order
-    the slices are concatenated in.
+    ``kernel`` has the Keras layout ``(3, 3, in, out)``. TFLite's CONV_2D and
+    TRANSPOSE_CONV take a constant filter to be fast (with a filter read from a
+    variable they fall back to slow reference-grade kernels), while matrix
+    products with two variable operands run in XNNPACK; so the forward pass and
+    both gradients are matrix products over patch matrices.
     """
-    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-    out_h, out_w = height - CONV_KERNEL + 1, width - CONV_KERNEL + 1
-    patches = tf.concat(
-        [tf.slice(x, [0, i, j, 0], [-1, out_h, out_w, -1]) for i in range(CONV_KERNEL) for j in range(CONV_KERNEL)],
-        axis=-1,
-    )
-    filters = kernel.shape[-1]
-    flat = tf.reshape(patches, [-1, CONV_KERNEL * CONV_KERNEL * channels])
-    out = tf.matmul(flat, tf.reshape(kernel, [-1, filters])) + bias
-    return tf.reshape(out, [-1, out_h, out_w, filters])
+    return _conv3x3(x, kernel) + bias
+
+
+@tf.custom_gradient
+def _conv3x3(x: Tensor, kernel: Tensor) -> tuple[Tensor, Any]:
+    channels, filters = kernel.shape[2], kernel.shape[3]
+    out_h, out_w = x.shape[1] - CONV_KERNEL + 1, x.shape[2] - CONV_KERNEL + 1
+    patches = _patches(x)
+    out = tf.reshape(tf.matmul(patches, tf.reshape(kernel, [-1, filters])), [-1, out_h, out_w, filters])
+
+    def grad(upstream: Tensor) -> tuple[Tensor, Tensor]:
+        flat = tf.reshape(upstream, [-1, filters])
+        d_kernel = tf.reshape(tf.matmul(patches, flat, transpose_a=True), kernel.shape)
+        # The input gradient is a "full" convolution of the upstream gradient
+        # with the kernel rotated by 180 degrees and its channel axes swapped.
+        pad = CONV_KERNEL - 1
+        padded = tf.pad(upstream, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        rotated = tf.reshape(tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2]), [-1, channels])
+        d_x = tf.reshape(tf.matmul(_patches(padded), rotated), [-1, x.shape[1], x.shape[2], channels])
+        return d_x, d_kernel
+
+    return out, grad
+
+
+def _patches(x: Tensor) -> Tensor:
+    """The 3x3 patches of ``x`` as rows ``(batch * out_h * out_w, 9 * channels)``, ordered (row, column, channel).
+
+    With few channels a depthwise convolution by a constant one-hot filter
+    extracts them fastest; with more, nine slices and one concat do.
+    """
+    channels = x.shape[3]
+    taps = CONV_KERNEL * CONV_KERNEL
+    out_h, out_w = x.shape[1] - CONV_KERNEL + 1, x.shape[2] - CONV_KERNEL + 1
+    if channels < FEW_CHANNELS:
+        one_hot = np.zeros((CONV_KERNEL, CONV_KERNEL, channels, taps), np.float32)
+        for i in range(CONV_KERNEL):
+            for j in range(CONV_KERNEL):
+                one_hot[i, j, :, i * CONV_KERNEL + j] = 1.0
+        # Depthwise output channels are ordered (channel, tap): reorder to (tap, channel).
+        stacked = tf.nn.depthwise_conv2d(x, tf.constant(one_hot), [1, 1, 1, 1], "VALID")
+        stacked = tf.reshape(stacked, [-1, channels, taps])
+        return tf.reshape(tf.transpose(stacked, [0, 2, 1]), [-1, taps * channels])
+    slices = [tf.slice(x, [0, i, j, 0], [-1, out_h, out_w, -1])
+              for i in range(CONV_KERNEL) for j in range(CONV_KERNEL)]
+    return tf.reshape(tf.concat(slices, axis=-1), [-1, taps * channels])
 
 
 def avg_pool2(x: Tensor) -> Tensor:

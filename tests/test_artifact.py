@@ -55,7 +55,7 @@ def test_tflite_swapped_after_load_is_refused_by_the_trainer(artifact_copy, expo
 
 
 def test_missing_files_and_bad_manifests_are_named(artifact_copy, tmp_path) -> None:
-    with pytest.raises(ArtifactError, match="no manifest.json"):
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"):
         Artifact.load(tmp_path)
     manifest_path = artifact_copy / "manifest.json"
     data = json.loads(manifest_path.read_text())
@@ -71,7 +71,7 @@ def test_missing_files_and_bad_manifests_are_named(artifact_copy, tmp_path) -> N
     (artifact_copy / "weights.safetensors").unlink()
     del data["colour"]
     manifest_path.write_text(json.dumps(data))
-    with pytest.raises(ArtifactError, match="missing weights.safetensors"):
+    with pytest.raises(ArtifactError, match=r"missing weights\.safetensors"):
         Artifact.load(artifact_copy)
 
 
@@ -134,5 +134,5 @@ def test_csv_errors_name_the_line_or_column(artifact_copy, tmp_path) -> None:
     path.write_text("a,b,label\n1,2\n")
     with pytest.raises(DataError, match="line 2 has 2 fields; expected 3"):
         load_data(path, _manifest(artifact_copy))
-    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+    with pytest.raises(DataError, match=r"unsupported file type '\.txt'"):
         load_data(path.with_suffix(".txt").touch() or path.with_suffix(".txt"), _manifest(artifact_copy))

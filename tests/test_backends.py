@@ -99,7 +99,8 @@ def test_forcing_an_unknown_backend_names_the_choices(export, monkeypatch) -> No
 
     monkeypatch.setenv("EDGEFL_TFLITE_BACKEND", "onnx")
     artifact = Artifact.load(export(ModelSpec("mlp", (3,), 2, hidden=(4,))))
-    with pytest.raises(BackendUnavailableError, match=r"unknown TFLite backend 'onnx'.*'ai_edge_litert', 'tflite_runtime'"):
+    expected = r"unknown TFLite backend 'onnx'.*'ai_edge_litert', 'tflite_runtime'"
+    with pytest.raises(BackendUnavailableError, match=expected):
         Trainer(artifact)
 
 
