@@ -270,7 +270,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              "kept apart from the step times. Default threading on both sides: LiteRT's default of 1 interpreter "
              "thread, TensorFlow's default of all cores; the device is measured a second time with as many "
              "interpreter threads as there are cores, to compare at equal threads. The device side is timed on "
-             "the artifact's `train` signature runner, the call `Trainer.fit` makes per batch; `Trainer.fit`'s own per-step time is shown as well.",
+             "the artifact's `train` signature runner, the call `Trainer.fit` makes per batch; "
+             "`Trainer.fit`'s own per-step time is shown as well.",
              "", "Reproduce: `python bench/bench_training.py` (raw numbers: `bench/results/training.json`).", "",
              f"Measured {report['date']} on {m['cpu']} ({m['cpu_count']} CPUs), {m['platform']}, "
              f"Python {m['python']}; {pkgs}. {report['steps']} timed steps after {report['warmup']} warm-up steps.",
