@@ -65,7 +65,10 @@ def _conv3x3(x: Tensor, kernel: Tensor) -> tuple[Tensor, Any]:
         # with the kernel rotated by 180 degrees and its channel axes swapped.
         pad = CONV_KERNEL - 1
         padded = tf.pad(upstream, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        rotated = tf.reshape(tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2]), [-1, channels])
+        # Reversing the 9 flattened taps is the 180-degree rotation; a single-axis reverse
+        # because tflite-runtime 2.14's REVERSE_V2 mishandles several axes.
+        taps = tf.reverse(tf.reshape(kernel, [-1, channels, filters]), axis=[0])
+        rotated = tf.reshape(tf.transpose(taps, [0, 2, 1]), [-1, channels])
         d_x = tf.reshape(tf.matmul(_patches(padded), rotated), [-1, x.shape[1], x.shape[2], channels])
         return d_x, d_kernel
 
