@@ -130,16 +130,12 @@ def keras_worker(artifact_dir: Path, data: Path, warmup: int) -> dict[str, Any]:
 
     from edge_runtime import Artifact
     from model_export.reference import keras_model
-    from model_export.spec import ModelSpec, weight_specs
+    from model_export.spec import ModelSpec
 
     imported = time.perf_counter()
     artifact = Artifact.load(artifact_dir)
     m = artifact.manifest
-    spec = ModelSpec(family=m.family, input_shape=m.input_shape, num_classes=m.num_classes,
-                     hidden=tuple(m.extra["hidden"]), filters=tuple(m.extra["filters"]) or (16, 32),
-                     batch_size=m.train_batch_size, optimizer=m.optimizer, normalization=m.normalization,
-                     seed=m.extra["seed"], name=m.model_name)
-    assert weight_specs(spec) == m.weights, "the rebuilt spec does not match the artifact's weights"
+    spec = ModelSpec.from_manifest(m)
     model = keras_model(spec, artifact.initial_weights())
     out = {"worker": "keras", "backend": f"tensorflow {tf.__version__} / keras {keras.__version__}",
            "ready_at": time.time(), "import_s": imported - started, "load_s": time.perf_counter() - imported,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge_runtime.errors import ArtifactError
 from edge_runtime.manifest import Manifest
-from edge_runtime.weights import Weights, check_weights, load_weights
+from edge_runtime.weights import Weights, check_weights, weights_from_bytes
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Artifact:
                 raise ArtifactError(root, f"missing {name}, which the manifest names")
         artifact = cls(root, manifest)
         artifact.read_model()
+        artifact.initial_weights()
         return artifact
 
     @property
@@ -38,15 +39,18 @@ class Artifact:
 
     def read_model(self) -> bytes:
         """The bytes of ``model.tflite``, refused unless their sha256 matches the manifest."""
-        content = self.tflite_path.read_bytes()
-        found = hashlib.sha256(content).hexdigest()
-        if found != self.manifest.tflite_sha256:
-            raise ArtifactError(
-                self.tflite_path,
-                f"sha256 {found} does not match the manifest's {self.manifest.tflite_sha256}; "
-                "the model file was modified or corrupted, refusing to load it",
-            )
-        return content
+        return _read_verified(self.tflite_path, self.manifest.tflite_sha256)
 
     def initial_weights(self) -> Weights:
-        return check_weights(load_weights(self.folder / self.manifest.weights_file), self.manifest.weights)
+        """The initial weights, refused unless the file's sha256 matches the manifest."""
+        content = _read_verified(self.folder / self.manifest.weights_file, self.manifest.weights_sha256)
+        return check_weights(weights_from_bytes(content, self.manifest.weights_file), self.manifest.weights)
+
+
+def _read_verified(path: Path, expected_sha256: str) -> bytes:
+    content = path.read_bytes()
+    found = hashlib.sha256(content).hexdigest()
+    if found != expected_sha256:
+        raise ArtifactError(path, f"sha256 {found} does not match the manifest's {expected_sha256}; "
+                                  "the file was modified or corrupted, refusing to load it")
+    return content

@@ -8,10 +8,12 @@ fit gets a ``DataError`` saying what was found and what was expected.
 from __future__ import annotations
 
 import csv
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.npyio import NpzFile
 
 from edge_runtime.errors import DataError
 from edge_runtime.manifest import Manifest
@@ -39,6 +41,8 @@ def load_data(path: Path | str, manifest: Manifest, label_column: str = DEFAULT_
 def read_arrays(path: Path | str, label_column: str = DEFAULT_LABEL_COLUMN) -> tuple[np.ndarray, np.ndarray]:
     """The raw ``x`` and ``y`` arrays of a data file, not yet checked against any manifest."""
     source = Path(path)
+    if source.is_dir():
+        raise DataError(source, "is a folder; expected a .npz (arrays x, y) or a .csv with a label column")
     if not source.is_file():
         raise DataError(source, "no such file; expected a .npz (arrays x, y) or a .csv with a label column")
     suffix = source.suffix.lower()
@@ -79,26 +83,32 @@ def check_arrays(x: object, y: object, manifest: Manifest, source: object = "arr
 
 def _read_npz(source: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with np.load(source, allow_pickle=False) as archive:
+        loaded = np.load(source, allow_pickle=False)
+        if not isinstance(loaded, NpzFile):
+            raise DataError(source, "holds a single array, not an .npz archive; expected arrays named x and y")
+        with loaded as archive:
             missing = [k for k in ("x", "y") if k not in archive.files]
             if missing:
                 raise DataError(source, f"missing arrays {missing}; found {archive.files}, expected 'x' and 'y'")
             return archive["x"], archive["y"]
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(source, f"not a readable .npz archive: {exc}") from exc
 
 
 def _read_csv(source: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(source, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(source, "empty file; expected a header row and one example per row")
-        header = [h.strip() for h in header]
-        if label_column not in header:
-            raise DataError(source, f"no label column {label_column!r} in header {header}")
-        label_at = header.index(label_column)
-        rows = list(reader)
+    try:
+        with open(source, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(source, f"not a readable UTF-8 CSV file: {exc}") from exc
+    if header is None:
+        raise DataError(source, "empty file; expected a header row and one example per row")
+    header = [h.strip() for h in header]
+    if label_column not in header:
+        raise DataError(source, f"no label column {label_column!r} in header {header}")
+    label_at = header.index(label_column)
     features, labels = [], []
     for line, row in enumerate(rows, start=2):
         if len(row) != len(header):

@@ -23,7 +23,7 @@ class ArtifactError(EdgeRuntimeError):
     """An artifact folder is missing a file, is malformed, or was tampered with."""
 
     def __init__(self, path: object, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
         self.path = path
         self.problem = problem
 

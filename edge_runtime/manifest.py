@@ -31,10 +31,14 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ManifestError(ArtifactError):
-    """A manifest field is missing or holds a value of the wrong kind."""
+    """A manifest field (or a value object used in one) holds a missing or wrong value.
+
+    Raised with ``path=None`` by the value objects themselves; ``Manifest.read``
+    re-raises it naming the file.
+    """
 
     def __init__(self, path: object, field_name: str, expected: str, found: object) -> None:
-        super().__init__(path, f"manifest field {field_name!r}: expected {expected}, found {found!r}")
+        super().__init__(path, f"field {field_name!r}: expected {expected}, found {found!r}")
         self.field_name = field_name
         self.expected = expected
         self.found = found
@@ -42,7 +46,7 @@ class ManifestError(ArtifactError):
 
 def _check(ok: bool, field_name: str, expected: str, found: object) -> None:
     if not ok:
-        raise ManifestError(MANIFEST_FILE, field_name, expected, found)
+        raise ManifestError(None, field_name, expected, found)
 
 
 def _positive_ints(values: object) -> bool:
@@ -135,6 +139,30 @@ class SignatureSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        _check(isinstance(self.key, str) and bool(self.key), "signatures[].key", "a non-empty string", self.key)
+        for name in ("inputs", "outputs"):
+            values = getattr(self, name)
+            _check(isinstance(values, (list, tuple)) and all(isinstance(v, str) and v for v in values),
+                   f"signatures[{self.key}].{name}", "a list of non-empty strings", values)
+            object.__setattr__(self, name, tuple(values))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How the exporter built the model: dense sizes, conv filters (cnn only), initial-weights seed."""
+
+    hidden: tuple[int, ...] = ()
+    filters: tuple[int, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "filters"):
+            _check(_positive_ints(getattr(self, name)), f"architecture.{name}", "a list of positive ints",
+                   getattr(self, name))
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        _check(_is_int(self.seed), "architecture.seed", "an int", self.seed)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -143,6 +171,7 @@ class Manifest:
     model_name: str
     family: str
     tflite_sha256: str
+    weights_sha256: str
     input_shape: tuple[int, ...]
     num_classes: int
     train_batch_size: int
@@ -156,7 +185,7 @@ class Manifest:
     tflite_file: str = TFLITE_FILE
     weights_file: str = WEIGHTS_FILE
     format_version: int = FORMAT_VERSION
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    architecture: Architecture = field(default_factory=Architecture)
 
     def __post_init__(self) -> None:
         _check(_is_int(self.format_version) and self.format_version == FORMAT_VERSION,
@@ -164,8 +193,10 @@ class Manifest:
         _check(isinstance(self.model_name, str) and bool(self.model_name), "model_name", "a non-empty string",
                self.model_name)
         _check(self.family in FAMILIES, "family", f"one of {FAMILIES}", self.family)
-        _check(isinstance(self.tflite_sha256, str) and _SHA256.fullmatch(self.tflite_sha256) is not None,
-               "tflite_sha256", "64 lowercase hex digits", self.tflite_sha256)
+        for name in ("tflite_sha256", "weights_sha256"):
+            value = getattr(self, name)
+            _check(isinstance(value, str) and _SHA256.fullmatch(value) is not None, name, "64 lowercase hex digits",
+                   value)
         for name in ("tflite_file", "weights_file"):
             _check(_plain_file_name(getattr(self, name)), name, "a plain file name inside the artifact folder",
                    getattr(self, name))
@@ -178,7 +209,7 @@ class Manifest:
         _check(isinstance(self.tensorflow_version, str), "tensorflow_version", "a string", self.tensorflow_version)
         keys = [sig.key for sig in self.signatures]
         _check(all(k in keys for k in REQUIRED_SIGNATURES), "signatures", f"at least {REQUIRED_SIGNATURES}", keys)
-        _check(isinstance(self.extra, Mapping), "extra", "a JSON object", self.extra)
+        _check(isinstance(self.architecture, Architecture), "architecture", "an object", self.architecture)
         _check(len(self.weights) > 0, "weights", "at least one weight", self.weights)
         names = [w.name for w in self.weights]
         _check(len(set(names)) == len(names), "weights", "unique names", names)
@@ -222,7 +253,8 @@ class Manifest:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         _check(not unknown, "<root>", f"only known fields {sorted(known)}", unknown)
-        missing = sorted(f for f in ("model_name", "family", "tflite_sha256", "input_shape", "num_classes",
+        missing = sorted(f for f in ("model_name", "family", "tflite_sha256", "weights_sha256", "input_shape",
+                                      "num_classes",
                                       "train_batch_size", "weights", "optimizer", "signatures",
                                       "tensorflow_version") if f not in data)
         _check(not missing, "<root>", "every required field", f"missing {missing}")
@@ -230,15 +262,14 @@ class Manifest:
             fields = dict(data)
             fields["weights"] = tuple(WeightSpec(**w) for w in data["weights"])
             fields["optimizer"] = OptimizerConfig(**data["optimizer"])
-            fields["signatures"] = tuple(
-                SignatureSpec(key=s["key"], inputs=tuple(s["inputs"]), outputs=tuple(s["outputs"]))
-                for s in data["signatures"]
-            )
+            fields["signatures"] = tuple(SignatureSpec(**s) for s in data["signatures"])
             if data.get("normalization") is not None:
                 fields["normalization"] = Normalization(**data["normalization"])
+            if "architecture" in data:
+                fields["architecture"] = Architecture(**data["architecture"])
             return cls(**fields)
-        except (TypeError, KeyError) as exc:
-            raise ArtifactError(MANIFEST_FILE, f"malformed manifest: {exc}") from exc
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ArtifactError(None, f"malformed manifest: {exc}") from exc
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:

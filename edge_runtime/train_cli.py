@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from edge_runtime.argtypes import positive_float, positive_int, writable_file
 from edge_runtime.artifact import Artifact
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, load_data
 from edge_runtime.errors import EdgeRuntimeError
@@ -35,13 +38,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, type=Path, help=".npz with arrays x, y or .csv with a label column")
     p.add_argument("--test-data", type=Path, help="held-out .npz/.csv to evaluate after each epoch")
     p.add_argument("--label-column", default=DEFAULT_LABEL_COLUMN, help="label column of .csv files (%(default)s)")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the data (%(default)s)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the manifest's)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the data (%(default)s)")
+    p.add_argument("--lr", type=positive_float, help="learning rate (default: the manifest's)")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (%(default)s)")
-    p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's)")
+    p.add_argument("--threads", type=positive_int, help="interpreter threads (default: the runtime's)")
     p.add_argument("--backend", choices=["ai_edge_litert", "tflite_runtime", "tensorflow"],
                    help="force a TFLite backend (default: first installed, or $EDGEFL_TFLITE_BACKEND)")
-    p.add_argument("--save-weights", type=Path, help="write the trained weights to this .safetensors file")
+    p.add_argument("--save-weights", type=writable_file, help="write the trained weights to this .safetensors file")
     p.add_argument("--json", action="store_true", help="print one JSON object per epoch instead of text")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
@@ -67,8 +70,10 @@ def train_epochs(trainer: Trainer, train: Dataset, test: Dataset | None, epochs:
     """Train epoch by epoch, yielding an ``EpochReport`` (train and test metrics) after each."""
     if epochs < 1:
         raise EdgeRuntimeError(f"epochs must be >= 1, got {epochs}")
+    # One independent shuffle seed per epoch, derived from ``seed`` (seed + epoch would overlap across seeds).
+    epoch_seeds = np.random.SeedSequence(seed).generate_state(epochs)
     for epoch in range(1, epochs + 1):
-        result = trainer.fit(train.x, train.y, epochs=1, lr=lr, seed=seed + epoch, on_step=on_step)
+        result = trainer.fit(train.x, train.y, epochs=1, lr=lr, seed=int(epoch_seeds[epoch - 1]), on_step=on_step)
         on_train = trainer.evaluate(train.x, train.y)
         on_test = trainer.evaluate(test.x, test.y) if test is not None else None
         yield EpochReport(epoch, result.mean_loss, on_train.accuracy,

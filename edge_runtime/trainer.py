@@ -13,7 +13,8 @@ import numpy as np
 from edge_runtime.artifact import Artifact
 from edge_runtime.backend import Backend, select_backend
 from edge_runtime.data import check_arrays
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import ArtifactError, EdgeRuntimeError
+from edge_runtime.signatures import signature_mismatches
 from edge_runtime.weights import Weights, check_weights
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class Trainer:
         self._runners: dict[str, Any] = {}
         self._full_mask = np.ones((self.manifest.train_batch_size,), np.float32)
         self._default_lr = np.float32(self.manifest.optimizer.learning_rate)
+        problems = signature_mismatches(self.manifest, self._runner)
+        if problems:
+            raise ArtifactError(artifact.folder, "model.tflite does not match its manifest: " + "; ".join(problems))
         self.set_weights(artifact.initial_weights())
 
     def _runner(self, key: str) -> Any:
@@ -83,6 +87,7 @@ class Trainer:
         if (epochs is not None and epochs < 1) or (steps is not None and steps < 1):
             raise EdgeRuntimeError(f"epochs and steps must be >= 1, got epochs={epochs}, steps={steps}")
         data = check_arrays(x, y, self.manifest)
+        _check_lr(lr)
         total_steps = steps if steps is not None else (epochs or 0) * self.steps_per_epoch(len(data))
         started = time.perf_counter()
         loss_sum, seen = 0.0, 0
@@ -93,6 +98,9 @@ class Trainer:
             if on_step is not None:
                 on_step(step, loss)
         wall = time.perf_counter() - started
+        if not all(np.all(np.isfinite(w)) for w in self.get_weights().values()):
+            raise EdgeRuntimeError("training diverged: the weights hold NaN or Inf; lower the learning rate "
+                                   "and set the weights again before training further")
         return TrainResult(examples_seen=seen, steps=total_steps, mean_loss=loss_sum / max(seen, 1), wall_time_s=wall)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> float:
@@ -102,6 +110,7 @@ class Trainer:
         so the step is exactly the step on those rows alone.
         """
         data = check_arrays(x, y, self.manifest)
+        _check_lr(lr)
         if len(data) > self.manifest.train_batch_size:
             raise EdgeRuntimeError(f"train_step got {len(data)} rows; expected at most "
                                    f"{self.manifest.train_batch_size} (the artifact's train batch size)")
@@ -149,3 +158,8 @@ class Trainer:
         xs = check_arrays(x, np.zeros(len(x), np.int32), self.manifest).x
         runner = self._runner("infer")
         return np.concatenate([runner(x=xs[s:s + EVAL_CHUNK])["logits"] for s in range(0, len(xs), EVAL_CHUNK)])
+
+
+def _check_lr(lr: float | None) -> None:
+    if lr is not None and not (np.isfinite(lr) and lr > 0):
+        raise EdgeRuntimeError(f"learning rate {lr!r}: expected a finite number > 0")

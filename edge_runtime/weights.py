@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load, load_file, save
 
 from edge_runtime.errors import WeightsError
 from edge_runtime.manifest import WeightSpec
@@ -16,10 +16,16 @@ from edge_runtime.manifest import WeightSpec
 Weights = dict[str, np.ndarray]
 
 
+def weights_to_bytes(weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """``weights`` serialized as safetensors bytes."""
+    content: bytes = save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=dict(metadata or {}))
+    return content
+
+
 def save_weights(path: Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
     """Write ``weights`` as safetensors, atomically (a reader never sees a half-written file)."""
     target = Path(path)
-    content = save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=dict(metadata or {}))
+    content = weights_to_bytes(weights, metadata)
     partial = target.with_name(f".{target.name}.partial")
     partial.write_bytes(content)
     os.replace(partial, target)
@@ -30,6 +36,14 @@ def load_weights(path: Path) -> Weights:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"cannot read safetensors file {path}: {exc}") from exc
+
+
+def weights_from_bytes(content: bytes, source: object = "payload") -> Weights:
+    """Parse safetensors bytes (never pickle); a malformed payload raises ``WeightsError``."""
+    try:
+        return load(content)
+    except (SafetensorError, ValueError) as exc:
+        raise WeightsError(f"cannot parse safetensors from {source}: {exc}") from exc
 
 
 def check_weights(weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...]) -> Weights:

@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.argtypes import int_list, positive_float, positive_int
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, read_arrays
 from edge_runtime.errors import EdgeflError
 from edge_runtime.manifest import OPTIMIZERS, Normalization, OptimizerConfig
+from model_export.errors import SpecError
 from model_export.spec import ModelSpec
 
 
@@ -22,19 +24,19 @@ def register(subparsers: Any) -> None:
                                           "manifest.json; weights.safetensors). Needs the export extra.")
     p.add_argument("family", choices=["mlp", "cnn"])
     p.add_argument("--out", required=True, type=Path, help="artifact folder to write")
-    p.add_argument("--input-shape", required=True, type=_ints, help="per-example shape, e.g. 30 or 28,28,1")
-    p.add_argument("--classes", required=True, type=int, help="number of classes")
-    p.add_argument("--hidden", type=_ints, help="dense hidden sizes, e.g. 64,32 (mlp default 64; cnn default none)")
-    p.add_argument("--filters", type=_ints, default=(16, 32), help="cnn: 3x3 conv filters per block (16,32)")
-    p.add_argument("--batch-size", type=int, default=32, help="static batch size of the train signature (32)")
+    p.add_argument("--input-shape", required=True, type=int_list, help="per-example shape, e.g. 30 or 28,28,1")
+    p.add_argument("--classes", required=True, type=positive_int, help="number of classes")
+    p.add_argument("--hidden", type=int_list, help="dense hidden sizes, e.g. 64,32 (mlp default 64; cnn default none)")
+    p.add_argument("--filters", type=int_list, default=(16, 32), help="cnn: 3x3 conv filters per block (16,32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="static batch size of the train signature (32)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer in the train signature (sgd)")
-    p.add_argument("--lr", type=float, help="default learning rate (sgd 0.05, adam 0.001)")
+    p.add_argument("--lr", type=positive_float, help="default learning rate (sgd 0.05, adam 0.001)")
     p.add_argument("--momentum", type=float, default=0.0, help="sgd momentum (0)")
     p.add_argument("--normalize-from", type=Path, metavar="DATA",
                    help="compute per-feature mean/std from this .npz/.csv and normalize inside the model")
     p.add_argument("--label-column", default=DEFAULT_LABEL_COLUMN, help="label column for a .csv (label)")
     p.add_argument("--norm-mean", type=float, help="one mean for every feature, instead of --normalize-from")
-    p.add_argument("--norm-std", type=float, help="one std for every feature, instead of --normalize-from")
+    p.add_argument("--norm-std", type=positive_float, help="one std for every feature, instead of --normalize-from")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights (0)")
     p.add_argument("--name", default="", help="model name recorded in the manifest (default: the family)")
     p.set_defaults(handler=run_export)
@@ -43,13 +45,13 @@ def register(subparsers: Any) -> None:
                               description="Export a cnn for scikit-learn's bundled 8x8 digits, then train and "
                                           "evaluate it through the TFLite artifact alone.")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the artifact and data")
-    d.add_argument("--epochs", type=int, default=15, help="local epochs (%(default)s)")
+    d.add_argument("--epochs", type=positive_int, default=15, help="local epochs (%(default)s)")
     d.set_defaults(handler=run_demo)
 
 
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
     default_lr = 0.05 if args.optimizer == "sgd" else 0.001
-    optimizer = OptimizerConfig(args.optimizer, args.lr or default_lr, momentum=args.momentum)
+    optimizer = OptimizerConfig(args.optimizer, default_lr if args.lr is None else args.lr, momentum=args.momentum)
     hidden = args.hidden if args.hidden is not None else ((64,) if args.family == "mlp" else ())
     return ModelSpec(family=args.family, input_shape=args.input_shape, num_classes=args.classes, hidden=hidden,
                      filters=args.filters, batch_size=args.batch_size, optimizer=optimizer,
@@ -57,7 +59,7 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    export = _exporter()
+    export = load_exporter()
     manifest = export(spec_from_args(args), args.out)
     print(f"wrote {args.out}: {manifest.model_name}, {manifest.parameter_count} parameters, "
           f"train batch {manifest.train_batch_size}, optimizer {manifest.optimizer.name}, builtin ops only")
@@ -80,28 +82,22 @@ def normalization_from(path: Path, label_column: str) -> Normalization:
 
 def _normalization(args: argparse.Namespace) -> Normalization | None:
     if args.normalize_from and (args.norm_mean is not None or args.norm_std is not None):
-        raise EdgeflError("give either --normalize-from or --norm-mean/--norm-std, not both")
+        raise SpecError("normalization", "either --normalize-from or --norm-mean/--norm-std, not both",
+                        f"--normalize-from {args.normalize_from}")
     if args.normalize_from:
         return normalization_from(args.normalize_from, args.label_column)
     if args.norm_mean is None and args.norm_std is None:
         return None
-    return Normalization((args.norm_mean or 0.0,), (args.norm_std or 1.0,))
+    mean = 0.0 if args.norm_mean is None else args.norm_mean
+    std = 1.0 if args.norm_std is None else args.norm_std
+    return Normalization((mean,), (std,))
 
 
-def _exporter() -> Any:
+def load_exporter() -> Any:
+    """``export_model``, importing TensorFlow now; a clear error names the extra if it is missing."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         from model_export.exporter import export_model
     except ImportError as exc:
         raise EdgeflError(f"exporting needs TensorFlow: pip install 'edgefl[export]' ({exc})") from exc
     return export_model
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 28,28,1, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values

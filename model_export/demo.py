@@ -11,7 +11,7 @@ from edge_runtime.data import Dataset, load_data
 from edge_runtime.manifest import Normalization, OptimizerConfig
 from edge_runtime.train_cli import report_epochs
 from edge_runtime.trainer import Trainer
-from model_export.cli import _exporter
+from model_export.cli import load_exporter
 from model_export.spec import ModelSpec
 
 DIGITS_SPEC = ModelSpec(
@@ -39,7 +39,7 @@ def run(out: Path, epochs: int) -> int:
     np.savez(out / "train.npz", x=train.x, y=train.y)
     np.savez(out / "test.npz", x=test.x, y=test.y)
     print(f"1/2 exporting {DIGITS_SPEC.name} to {out / 'artifact'} (TensorFlow, builtin ops only)")
-    _exporter()(DIGITS_SPEC, out / "artifact")
+    load_exporter()(DIGITS_SPEC, out / "artifact")
     artifact = Artifact.load(out / "artifact")
     trainer = Trainer(artifact)
     print(f"2/2 training through {artifact.manifest.tflite_file} with {trainer.backend.name}, no TensorFlow "

@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from edge_runtime.manifest import Manifest, SignatureSpec
-from edge_runtime.weights import save_weights
+from edge_runtime.manifest import MANIFEST_FILE, Architecture, Manifest, SignatureSpec
+from edge_runtime.weights import weights_to_bytes
 from model_export.convert import convert
+from model_export.errors import ExportError
 from model_export.module import TrainableModule
 from model_export.spec import ModelSpec, weight_specs
 
@@ -35,16 +38,22 @@ def initial_weights(spec: ModelSpec) -> dict[str, np.ndarray]:
 
 
 def export_model(spec: ModelSpec, out_dir: Path | str) -> Manifest:
-    """Convert ``spec`` to an artifact folder and return its manifest."""
+    """Convert ``spec`` to an artifact folder and return its manifest.
+
+    The folder is written beside its destination and moved into place when
+    complete; an existing artifact there is replaced, anything else is refused.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_destination(out)
     initial = initial_weights(spec)
     module = TrainableModule(spec, initial)
     flatbuffer = convert(module)
+    weights_bytes = weights_to_bytes(initial)
     manifest = Manifest(
         model_name=spec.name,
         family=spec.family,
         tflite_sha256=hashlib.sha256(flatbuffer).hexdigest(),
+        weights_sha256=hashlib.sha256(weights_bytes).hexdigest(),
         input_shape=spec.input_shape,
         num_classes=spec.num_classes,
         train_batch_size=spec.batch_size,
@@ -53,14 +62,30 @@ def export_model(spec: ModelSpec, out_dir: Path | str) -> Manifest:
         signatures=_signature_specs(module),
         tensorflow_version=tf.__version__,
         normalization=spec.normalization,
-        extra={"hidden": list(spec.hidden), "filters": list(spec.filters) if spec.family == "cnn" else [],
-               "seed": spec.seed},
+        architecture=Architecture(hidden=spec.hidden, filters=spec.filters if spec.family == "cnn" else (),
+                                  seed=spec.seed),
     )
-    (out / manifest.tflite_file).write_bytes(flatbuffer)
-    save_weights(out / manifest.weights_file, initial)
-    manifest.write(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        (staging / manifest.tflite_file).write_bytes(flatbuffer)
+        (staging / manifest.weights_file).write_bytes(weights_bytes)
+        manifest.write(staging)
+        staging.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except OSError as exc:
+        raise ExportError(f"cannot write the artifact to {out}: {exc}") from exc
     log.info("wrote %s (%d parameters, %d bytes of TFLite)", out, manifest.parameter_count, len(flatbuffer))
     return manifest
+
+
+def _check_destination(out: Path) -> None:
+    if out.is_file():
+        raise ExportError(f"{out} is a file; expected a folder for the artifact (new, or an artifact to replace)")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise ExportError(f"{out} is a non-empty folder that holds no artifact; refusing to write into it")
 
 
 def _signature_specs(module: TrainableModule) -> tuple[SignatureSpec, ...]:

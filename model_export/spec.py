@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from edge_runtime.manifest import FAMILIES, Normalization, OptimizerConfig, WeightSpec
+from edge_runtime.manifest import FAMILIES, Manifest, Normalization, OptimizerConfig, WeightSpec
 from model_export.errors import SpecError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -73,6 +73,19 @@ class ModelSpec:
     @property
     def feature_count(self) -> int:
         return math.prod(self.input_shape)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> ModelSpec:
+        """The spec an artifact was exported from, rebuilt from its manifest."""
+        arch = manifest.architecture
+        spec = cls(family=manifest.family, input_shape=manifest.input_shape, num_classes=manifest.num_classes,
+                   hidden=arch.hidden, filters=arch.filters, batch_size=manifest.train_batch_size,
+                   optimizer=manifest.optimizer, normalization=manifest.normalization, seed=arch.seed,
+                   name=manifest.model_name)
+        if weight_specs(spec) != manifest.weights:
+            raise SpecError("weights", f"the manifest's weights {manifest.weight_names}",
+                            [w.name for w in weight_specs(spec)])
+        return spec
 
 
 def weight_specs(spec: ModelSpec) -> tuple[WeightSpec, ...]:

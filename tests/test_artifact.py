@@ -136,3 +136,69 @@ def test_csv_errors_name_the_line_or_column(artifact_copy, tmp_path) -> None:
         load_data(path, _manifest(artifact_copy))
     with pytest.raises(DataError, match=r"unsupported file type '\.txt'"):
         load_data(path.with_suffix(".txt").touch() or path.with_suffix(".txt"), _manifest(artifact_copy))
+
+
+def test_tampered_initial_weights_are_refused(artifact_copy) -> None:
+    from edge_runtime.weights import load_weights, save_weights
+
+    weights = load_weights(artifact_copy / "weights.safetensors")
+    weights["dense_0_bias"] = weights["dense_0_bias"] + 1.0
+    save_weights(artifact_copy / "weights.safetensors", weights)
+    with pytest.raises(ArtifactError, match=r"weights\.safetensors: sha256 .* does not match"):
+        Artifact.load(artifact_copy)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("num_classes", 10, r"infer output 'logits' has shape \(-1, 4\), expected \(-1, 10\)"),
+    ("train_batch_size", 16, r"train input 'x' has shape \(8, 8, 8, 1\), expected \(16, 8, 8, 1\)"),
+])
+def test_a_manifest_that_disagrees_with_the_model_is_refused(artifact_copy, field, value, message) -> None:
+    from edge_runtime.trainer import Trainer
+
+    path = artifact_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=message):
+        Trainer(Artifact.load(artifact_copy))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("tflite_file", "../model.tflite", "a plain file name inside the artifact folder"),
+    ("train_batch_size", True, r"'train_batch_size': expected an int >= 1"),
+    ("tflite_sha256", "Z" * 64, "64 lowercase hex digits"),
+    ("input_shape", [], "a non-empty list of positive ints"),
+    ("signatures", [{"key": "train", "inputs": "xyz", "outputs": ["loss"]}], "a list of non-empty strings"),
+    ("normalization", {"mean": ["a"], "std": [1]}, r"'normalization\.mean': expected a list of finite numbers"),
+])
+def test_bad_manifest_values_are_named(artifact_copy, field, value, message) -> None:
+    path = artifact_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=message):
+        Artifact.load(artifact_copy)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"PK\x03\x04 truncated", "not a readable .npz archive"),
+    (None, "holds a single array, not an .npz archive"),
+])
+def test_corrupt_npz_files_get_a_clear_error(artifact_copy, tmp_path, content, message) -> None:
+    path = tmp_path / "data.npz"
+    if content is None:
+        with open(path, "wb") as handle:
+            np.save(handle, np.zeros(3))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_data(path, _manifest(artifact_copy))
+
+
+def test_binary_csv_and_folders_get_a_clear_error(artifact_copy, tmp_path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match="not a readable UTF-8 CSV file"):
+        load_data(path, _manifest(artifact_copy))
+    with pytest.raises(DataError, match="is a folder"):
+        load_data(tmp_path, _manifest(artifact_copy))

@@ -46,7 +46,10 @@ def _legacy_python() -> Path:
     if forced:
         return Path(forced)
     if sys.version_info >= (3, 12):
-        pytest.skip("tflite-runtime 2.14 has no wheels for Python >= 3.12")
+        reason = "tflite-runtime 2.14 has no wheels for Python >= 3.12"
+        if os.environ.get("EDGEFL_REQUIRE_LEGACY"):
+            pytest.fail(f"{reason}, and EDGEFL_REQUIRE_LEGACY is set: run the suite on Python 3.11")
+        pytest.skip(reason)
     cache = Path(os.environ.get("EDGEFL_CACHE", Path.home() / ".cache" / "edgefl"))
     venv = cache / f"legacy-py{sys.version_info.major}{sys.version_info.minor}"
     python = venv / "bin" / "python"

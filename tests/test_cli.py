@@ -69,3 +69,28 @@ def test_demo_exports_and_trains_digits(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "test accuracy after 2 epochs" in result.stdout
     assert (tmp_path / "demo" / "artifact" / "model.tflite").is_file()
+
+
+def test_bad_cli_values_fail_at_parse_time(tmp_path, export) -> None:
+    from model_export.spec import ModelSpec
+
+    artifact = str(export(ModelSpec("mlp", (5,), 2, hidden=(4,))))
+    np.savez(tmp_path / "ok.npz", x=np.zeros((8, 5), np.float32), y=np.zeros(8, np.int32))
+    data = str(tmp_path / "ok.npz")
+    for args, message in [
+        (["--epochs", "0"], "expected a positive integer, got 0"),
+        (["--threads", "0"], "expected a positive integer, got 0"),
+        (["--lr", "nan"], "expected a finite number > 0"),
+        (["--save-weights", str(tmp_path / "missing" / "w.safetensors")], "does not exist"),
+    ]:
+        result = edgefl("train-local", "--artifact", artifact, "--data", data, *args)
+        assert result.returncode == 2, args
+        assert message in result.stderr, (args, result.stderr)
+
+
+def test_export_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = edgefl("export", "mlp", "--input-shape", "4", "--classes", "2", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "holds no artifact; refusing to write into it" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

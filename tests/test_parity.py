@@ -60,3 +60,12 @@ def test_pooled_cnn_matches_keras(export) -> None:
     x = rng.uniform(0, 1, (STEPS * 8, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, STEPS * 8).astype(np.int32)
     _assert_parity(spec, export(spec), x, y)
+
+
+def test_rgb_cnn_with_narrow_blocks_matches_keras(export) -> None:
+    """3 input channels and a 2-filter block take the depthwise patch path on both convolutions."""
+    rng = np.random.default_rng(4)
+    spec = ModelSpec("cnn", (8, 8, 3), 4, filters=(2, 5), hidden=(), batch_size=8, optimizer=OPTIMIZERS["adam"])
+    x = rng.uniform(-1, 1, (STEPS * 8, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 4, STEPS * 8).astype(np.int32)
+    _assert_parity(spec, export(spec), x, y)

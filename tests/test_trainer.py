@@ -129,3 +129,22 @@ def test_predict_and_evaluate_agree(artifact) -> None:
     assert logits.shape == (50, 3)
     accuracy = float(np.mean(np.argmax(logits, axis=1) == y))
     assert trainer.evaluate(x, y).accuracy == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, float("nan"), float("inf")])
+def test_bad_learning_rates_are_refused_before_any_step(artifact, lr) -> None:
+    trainer = Trainer(artifact)
+    before = trainer.get_weights()
+    x, y = _data(16)
+    with pytest.raises(EdgeRuntimeError, match="expected a finite number > 0"):
+        trainer.fit(x, y, epochs=1, lr=lr)
+    with pytest.raises(EdgeRuntimeError, match="expected a finite number > 0"):
+        trainer.train_step(x, y, lr=lr)
+    assert all(np.array_equal(trainer.get_weights()[k], v) for k, v in before.items())
+
+
+def test_divergence_is_reported_not_saved(artifact) -> None:
+    trainer = Trainer(artifact)
+    x, y = _data(32)
+    with pytest.raises(EdgeRuntimeError, match="diverged"):
+        trainer.fit(x * 1e6, y, epochs=3, lr=1e6)
