@@ -155,10 +155,7 @@ def test_tampered_initial_weights_are_refused(artifact_copy) -> None:
 def test_a_manifest_that_disagrees_with_the_model_is_refused(artifact_copy, field, value, message) -> None:
     from edge_runtime.trainer import Trainer
 
-    path = artifact_copy / "manifest.json"
-    data = json.loads(path.read_text())
-    data[field] = value
-    path.write_text(json.dumps(data))
+    _edit_manifest(artifact_copy, field, value)
     with pytest.raises(ArtifactError, match=message):
         Trainer(Artifact.load(artifact_copy))
 
@@ -172,10 +169,7 @@ def test_a_manifest_that_disagrees_with_the_model_is_refused(artifact_copy, fiel
     ("normalization", {"mean": ["a"], "std": [1]}, r"'normalization\.mean': expected a list of finite numbers"),
 ])
 def test_bad_manifest_values_are_named(artifact_copy, field, value, message) -> None:
-    path = artifact_copy / "manifest.json"
-    data = json.loads(path.read_text())
-    data[field] = value
-    path.write_text(json.dumps(data))
+    _edit_manifest(artifact_copy, field, value)
     with pytest.raises(ManifestError, match=message):
         Artifact.load(artifact_copy)
 
@@ -202,3 +196,10 @@ def test_binary_csv_and_folders_get_a_clear_error(artifact_copy, tmp_path) -> No
         load_data(path, _manifest(artifact_copy))
     with pytest.raises(DataError, match="is a folder"):
         load_data(tmp_path, _manifest(artifact_copy))
+
+
+def _edit_manifest(folder: Path, field: str, value: object) -> None:
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
