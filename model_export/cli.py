@@ -11,9 +11,8 @@ import numpy as np
 
 from edge_runtime.argtypes import int_list, positive_float, positive_int
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, read_arrays
-from edge_runtime.errors import EdgeflError
 from edge_runtime.manifest import OPTIMIZERS, Normalization, OptimizerConfig
-from model_export.errors import SpecError
+from model_export.errors import ExportError, SpecError
 from model_export.spec import ModelSpec
 
 
@@ -99,5 +98,5 @@ def load_exporter() -> Any:
     try:
         from model_export.exporter import export_model
     except ImportError as exc:
-        raise EdgeflError(f"exporting needs TensorFlow: pip install 'edgefl[export]' ({exc})") from exc
+        raise ExportError(f"exporting needs TensorFlow: pip install 'edgefl[export]' ({exc})") from exc
     return export_model
