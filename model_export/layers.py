@@ -91,6 +91,8 @@ def _patches(x: Tensor) -> Tensor:
                 one_hot[i, j, :, i * CONV_KERNEL + j] = 1.0
         # Depthwise output channels are ordered (channel, tap): reorder to (tap, channel).
         stacked = tf.nn.depthwise_conv2d(x, tf.constant(one_hot), [1, 1, 1, 1], "VALID")
+        if channels == 1:
+            return tf.reshape(stacked, [-1, taps])
         stacked = tf.reshape(stacked, [-1, channels, taps])
         return tf.reshape(tf.transpose(stacked, [0, 2, 1]), [-1, taps * channels])
     slices = [tf.slice(x, [0, i, j, 0], [-1, out_h, out_w, -1])
