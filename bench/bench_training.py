@@ -160,16 +160,15 @@ def build_configs(only: list[str]) -> list[Config]:
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
-    from edge_runtime.manifest import Normalization, OptimizerConfig
+    from edge_runtime.manifest import OptimizerConfig
     from model_export.demo import DIGITS_SPEC, digits_split
-    from model_export.spec import ModelSpec
+    from model_export.spec import ModelSpec, standardization
 
     sgd = OptimizerConfig("sgd", 0.05, momentum=0.9)
     bc = load_breast_cancer()
     x_bc, _, y_bc, _ = train_test_split(bc.data.astype(np.float32), bc.target.astype(np.int32),
                                         test_size=0.25, random_state=0, stratify=bc.target)
-    std = x_bc.std(axis=0)
-    norm = Normalization(tuple(x_bc.mean(axis=0)), tuple(np.where(std > 1e-8, std, 1.0)))
+    norm = standardization(x_bc)
     digits, _ = digits_split()
     rng = np.random.default_rng(0)
     configs = [

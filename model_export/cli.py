@@ -7,13 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_runtime.argtypes import int_list, positive_float, positive_int
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, read_arrays
 from edge_runtime.manifest import OPTIMIZERS, Normalization, OptimizerConfig
 from model_export.errors import ExportError, SpecError
-from model_export.spec import ModelSpec
+from model_export.spec import ModelSpec, standardization
 
 
 def register(subparsers: Any) -> None:
@@ -74,9 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def normalization_from(path: Path, label_column: str) -> Normalization:
     """Per-feature mean and std of a data file's ``x`` (a zero std becomes 1)."""
     x, _ = read_arrays(path, label_column)
-    flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    std = flat.std(axis=0)
-    return Normalization(tuple(flat.mean(axis=0)), tuple(np.where(std > 1e-8, std, 1.0)))
+    return standardization(x)
 
 
 def _normalization(args: argparse.Namespace) -> Normalization | None:

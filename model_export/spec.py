@@ -6,6 +6,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge_runtime.manifest import FAMILIES, Manifest, Normalization, OptimizerConfig, WeightSpec
 from model_export.errors import SpecError
 
@@ -110,6 +112,13 @@ def weight_specs(spec: ModelSpec) -> tuple[WeightSpec, ...]:
                   WeightSpec(f"dense_{layer}_bias", (units,))]
         features = units
     return tuple(specs)
+
+
+def standardization(x: np.ndarray) -> Normalization:
+    """Per-feature mean and std of examples ``x`` (computed in float64; a zero std becomes 1)."""
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    std = flat.std(axis=0)
+    return Normalization(tuple(flat.mean(axis=0)), tuple(np.where(std > 1e-8, std, 1.0)))
 
 
 def pools_after(height: int, width: int) -> bool:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from edge_runtime.data import Dataset
-from edge_runtime.manifest import Normalization
 from model_export.spec import ModelSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,7 +53,3 @@ def breast_cancer() -> tuple[Dataset, Dataset]:
     )
     return Dataset(x_tr, y_tr), Dataset(x_te, y_te)
 
-
-def standardize_from(x: np.ndarray) -> Normalization:
-    flat = x.reshape(len(x), -1).astype(np.float64)
-    return Normalization(tuple(flat.mean(axis=0)), tuple(np.maximum(flat.std(axis=0), 1e-6)))

@@ -6,15 +6,14 @@ from edge_runtime.artifact import Artifact
 from edge_runtime.manifest import OptimizerConfig
 from edge_runtime.trainer import Trainer
 from model_export.demo import DIGITS_SPEC
-from model_export.spec import ModelSpec
-from tests.conftest import standardize_from
+from model_export.spec import ModelSpec, standardization
 
 
 def test_breast_cancer_mlp_reaches_95_percent(export, breast_cancer) -> None:
     train, test = breast_cancer
     spec = ModelSpec("mlp", (30,), 2, hidden=(32, 16), batch_size=32,
                      optimizer=OptimizerConfig("sgd", 0.05, momentum=0.9),
-                     normalization=standardize_from(train.x), name="breast-cancer-mlp")
+                     normalization=standardization(train.x), name="breast-cancer-mlp")
     trainer = Trainer(Artifact.load(export(spec)))
     before = trainer.evaluate(test.x, test.y)
     result = trainer.fit(train.x, train.y, epochs=20, seed=1)

@@ -10,8 +10,7 @@ from edge_runtime.manifest import Normalization, OptimizerConfig
 from edge_runtime.trainer import Trainer
 from model_export.exporter import initial_weights
 from model_export.reference import keras_model, keras_weights
-from model_export.spec import ModelSpec
-from tests.conftest import standardize_from
+from model_export.spec import ModelSpec, standardization
 
 STEPS = 6
 TOLERANCE = 1e-5
@@ -40,7 +39,7 @@ def _assert_parity(spec: ModelSpec, artifact_dir, x: np.ndarray, y: np.ndarray) 
 def test_mlp_matches_keras(optimizer, export, breast_cancer) -> None:
     train, _ = breast_cancer
     spec = ModelSpec("mlp", (30,), 2, hidden=(32, 16), batch_size=16, optimizer=OPTIMIZERS[optimizer],
-                     normalization=standardize_from(train.x))
+                     normalization=standardization(train.x))
     _assert_parity(spec, export(spec), train.x, train.y)
 
 
