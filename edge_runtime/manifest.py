@@ -148,6 +148,17 @@ class SignatureSpec:
             object.__setattr__(self, name, tuple(values))
 
 
+def standard_signatures(weight_names: tuple[str, ...]) -> tuple[SignatureSpec, ...]:
+    """The five signatures of format 1, in ``REQUIRED_SIGNATURES`` order (docs/ARTIFACT.md, section 4)."""
+    return (
+        SignatureSpec("train", ("x", "y", "mask", "lr"), ("loss",)),
+        SignatureSpec("evaluate", ("x", "y"), ("loss_sum", "correct")),
+        SignatureSpec("infer", ("x",), ("logits",)),
+        SignatureSpec("get_weights", ("unused",), weight_names),
+        SignatureSpec("set_weights", weight_names, ("ok",)),
+    )
+
+
 @dataclass(frozen=True)
 class Architecture:
     """How the exporter built the model: dense sizes, conv filters (cnn only), initial-weights seed."""

@@ -9,8 +9,9 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 
+from edge_runtime.manifest import REQUIRED_SIGNATURES
 from model_export.errors import ExportError, UnsupportedOpsError
-from model_export.module import SIGNATURE_KEYS, TrainableModule
+from model_export.module import TrainableModule
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def convert(module: TrainableModule) -> bytes:
     signatures = module.signatures()
     with tempfile.TemporaryDirectory(prefix="edgefl-export-") as tmp:
         tf.saved_model.save(module, tmp, signatures=signatures)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURE_KEYS))
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(REQUIRED_SIGNATURES))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.experimental_enable_resource_variables = True
         converter.allow_custom_ops = False

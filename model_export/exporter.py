@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from edge_runtime.manifest import MANIFEST_FILE, Architecture, Manifest, SignatureSpec
+from edge_runtime.manifest import MANIFEST_FILE, Architecture, Manifest, standard_signatures
 from edge_runtime.weights import weights_to_bytes
 from model_export.convert import convert
 from model_export.errors import ExportError
@@ -59,7 +59,7 @@ def export_model(spec: ModelSpec, out_dir: Path | str) -> Manifest:
         train_batch_size=spec.batch_size,
         weights=weight_specs(spec),
         optimizer=spec.optimizer,
-        signatures=_signature_specs(module),
+        signatures=standard_signatures(tuple(w.name for w in module.weight_specs)),
         tensorflow_version=tf.__version__,
         normalization=spec.normalization,
         architecture=Architecture(hidden=spec.hidden, filters=spec.filters if spec.family == "cnn" else (),
@@ -86,14 +86,3 @@ def _check_destination(out: Path) -> None:
         raise ExportError(f"{out} is a file; expected a folder for the artifact (new, or an artifact to replace)")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
         raise ExportError(f"{out} is a non-empty folder that holds no artifact; refusing to write into it")
-
-
-def _signature_specs(module: TrainableModule) -> tuple[SignatureSpec, ...]:
-    names = module.weight_specs
-    return (
-        SignatureSpec("train", ("x", "y", "mask", "lr"), ("loss",)),
-        SignatureSpec("evaluate", ("x", "y"), ("loss_sum", "correct")),
-        SignatureSpec("infer", ("x",), ("logits",)),
-        SignatureSpec("get_weights", ("unused",), tuple(w.name for w in names)),
-        SignatureSpec("set_weights", tuple(w.name for w in names), ("ok",)),
-    )

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from edge_runtime.manifest import REQUIRED_SIGNATURES
 from model_export.layers import cross_entropy, forward
 from model_export.optimizers import make_optimizer
 from model_export.spec import ModelSpec, weight_specs
-
-SIGNATURE_KEYS = ("train", "evaluate", "infer", "get_weights", "set_weights")
 
 
 class TrainableModule(tf.Module):
@@ -83,4 +82,4 @@ class TrainableModule(tf.Module):
 
         functions = {"train": train, "evaluate": evaluate, "infer": infer,
                      "get_weights": get_weights, "set_weights": set_weights}
-        return {key: functions[key].get_concrete_function() for key in SIGNATURE_KEYS}
+        return {key: functions[key].get_concrete_function() for key in REQUIRED_SIGNATURES}
