@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load, load_file, save
+from safetensors.numpy import load, save
 
 from edge_runtime.errors import WeightsError
 from edge_runtime.manifest import WeightSpec
@@ -33,9 +33,10 @@ def save_weights(path: Path, weights: Mapping[str, np.ndarray], metadata: Mappin
 
 def load_weights(path: Path) -> Weights:
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
+        content = Path(path).read_bytes()
+    except OSError as exc:
         raise WeightsError(f"cannot read safetensors file {path}: {exc}") from exc
+    return weights_from_bytes(content, path)
 
 
 def weights_from_bytes(content: bytes, source: object = "payload") -> Weights:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.artifact import Artifact
-from edge_runtime.data import Dataset, load_data
+from edge_runtime.data import Dataset, check_arrays
 from edge_runtime.manifest import Normalization, OptimizerConfig
 from edge_runtime.train_cli import report_epochs
 from edge_runtime.trainer import Trainer
@@ -44,8 +44,8 @@ def run(out: Path, epochs: int) -> int:
     trainer = Trainer(artifact)
     print(f"2/2 training through {artifact.manifest.tflite_file} with {trainer.backend.name}, no TensorFlow "
           f"({len(train)} train, {len(test)} test examples)")
-    train_data = load_data(out / "train.npz", artifact.manifest)
-    test_data = load_data(out / "test.npz", artifact.manifest)
+    train_data = check_arrays(train.x, train.y, artifact.manifest)
+    test_data = check_arrays(test.x, test.y, artifact.manifest)
     last = report_epochs(trainer, train_data, test_data, epochs, lr=None, seed=0)
     if last is not None:
         print(f"test accuracy after {epochs} epochs: {last.test_accuracy:.4f}")
