@@ -26,8 +26,6 @@ class Interpreter(Protocol):
 
     def get_signature_runner(self, signature_key: str | None = None) -> Any: ...
 
-    def get_signature_list(self) -> dict[str, dict[str, list[str]]]: ...
-
 
 @dataclass(frozen=True)
 class Backend:

@@ -243,13 +243,6 @@ class Manifest:
     def parameter_count(self) -> int:
         return sum(w.size for w in self.weights)
 
-    def signature(self, key: str) -> SignatureSpec:
-        for sig in self.signatures:
-            if sig.key == key:
-                return sig
-        raise ManifestError(MANIFEST_FILE, "signatures", f"a signature named {key!r}",
-                            [s.key for s in self.signatures])
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 
