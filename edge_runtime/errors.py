@@ -45,3 +45,17 @@ class DataError(EdgeRuntimeError):
         super().__init__(f"{source}: {problem}")
         self.source = source
         self.problem = problem
+
+
+class ProtocolError(EdgeRuntimeError):
+    """A message does not follow the wire protocol (``edge_runtime.protocol``).
+
+    ``reason`` is a short stable code (``malformed``, ``oversized``, ...) that
+    the coordinator counts rejections by; ``problem`` says what was wrong.
+    """
+
+    def __init__(self, reason: str, problem: str, topic: str | None = None) -> None:
+        super().__init__(f"{topic}: {problem}" if topic else problem)
+        self.reason = reason
+        self.problem = problem
+        self.topic = topic

@@ -1,0 +1,195 @@
+"""A thin MQTT connection shared by the device agent and the coordinator.
+
+paho-mqtt runs the network loop in a background thread and reconnects with
+backoff; on every (re)connect this module re-subscribes and calls the owner's
+``on_connect`` so it can republish what the broker may have lost. MQTT v5 is
+tried first; a broker that answers "unsupported protocol version" (the
+embedded amqtt broker speaks 3.1.1) is used with 3.1.1, since the protocol
+relies on nothing v5-only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from edge_runtime.errors import EdgeRuntimeError
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+ProtocolChoice = Literal["auto", "5", "3.1.1"]
+_UNSUPPORTED_PROTOCOL = 132  # CONNACK reason code (v5); paho maps the 3.1.1 refusal to it too
+
+
+class TransportError(EdgeRuntimeError):
+    """The broker could not be reached, refused the connection, or a publish failed."""
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """``mqtt://HOST[:PORT]`` (plain, default port 1883) or ``mqtts://HOST[:PORT]`` (TLS, 8883)."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> BrokerUrl:
+        parts = urlsplit(text if "://" in text else f"mqtt://{text}")
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/"):
+            raise TransportError(f"broker URL {text!r} is not valid; expected mqtt://HOST[:PORT] or "
+                                 "mqtts://HOST[:PORT]")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise TransportError(f"broker URL {text!r} has a bad port: {exc}") from exc
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    broker: BrokerUrl
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    keepalive_s: int = 30
+    protocol: ProtocolChoice = "auto"
+
+
+class MqttConnection:
+    """One client connection. Use as a context manager, or call ``start`` and ``close``."""
+
+    def __init__(self, options: MqttOptions, subscriptions: Sequence[str], on_message: MessageHandler,
+                 on_connect: Callable[[], None] | None = None, will: tuple[str, bytes] | None = None) -> None:
+        self.options = options
+        self.subscriptions = tuple(subscriptions)
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._will = will
+        self.connected = threading.Event()
+        self._refused: str | None = None
+        self._ever_connected = False
+        self._closing = False
+        self._protocol: Literal["5", "3.1.1"] = "3.1.1" if options.protocol == "3.1.1" else "5"
+        self._client: Any = None
+
+    @property
+    def protocol(self) -> str:
+        return self._protocol
+
+    def __enter__(self) -> MqttConnection:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Connect, waiting up to ``timeout_s`` for the first CONNACK; afterwards reconnects are automatic."""
+        self._open()
+        if self._wait_connected(timeout_s) or self._refused != "protocol" or self.options.protocol != "auto":
+            self._raise_if_failed(timeout_s)
+            return
+        log.info("%s speaks no MQTT v5; using 3.1.1", self.options.broker)
+        self._stop_client()
+        self._protocol, self._refused = "3.1.1", None
+        self._open()
+        self._wait_connected(timeout_s)
+        self._raise_if_failed(timeout_s)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
+        """Queue a publish; paho delivers QoS 1 messages after a reconnect if the link is down now."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (0, 4):  # 4 = not connected: queued for after the reconnect
+            raise TransportError(f"publish to {topic} failed with paho error code {info.rc}")
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._closing = True
+            self._client.disconnect()
+            self._stop_client()
+
+    # -- paho plumbing -------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        opts = self.options
+        version = paho.MQTTv5 if self._protocol == "5" else paho.MQTTv311
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=version)
+        if opts.username is not None:
+            client.username_pw_set(opts.username, opts.password)
+        if opts.broker.tls or opts.tls_ca is not None:
+            client.tls_set(ca_certs=str(opts.tls_ca) if opts.tls_ca else None)
+        if self._will is not None:
+            client.will_set(self._will[0], self._will[1], qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_queued_messages_set(1000)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        self._client = client
+        try:
+            client.connect_async(opts.broker.host, opts.broker.port, keepalive=opts.keepalive_s)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot connect to {opts.broker}: {exc}") from exc
+        client.loop_start()
+
+    def _stop_client(self) -> None:
+        self._client.loop_stop()
+        self.connected.clear()
+
+    def _wait_connected(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._refused is None:
+            if self.connected.wait(0.05):
+                return True
+        return self.connected.is_set()
+
+    def _raise_if_failed(self, timeout_s: float) -> None:
+        if self.connected.is_set():
+            return
+        self.close()
+        if self._refused == "protocol":
+            raise TransportError(f"{self.options.broker} refused MQTT {self._protocol}")
+        if self._refused is not None:
+            raise TransportError(f"{self.options.broker} refused the connection: {self._refused}; "
+                                 "check the username, password and the broker's ACL")
+        raise TransportError(f"no connection to {self.options.broker} within {timeout_s:.0f} s; "
+                             "is the broker running and reachable?")
+
+    def _handle_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        code = getattr(reason, "value", reason)
+        if code != 0:
+            self._refused = "protocol" if code == _UNSUPPORTED_PROTOCOL else str(reason)
+            if not self._ever_connected:
+                client.disconnect()  # a refusal at start-up is final; start() reports it
+            return
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+        self._ever_connected = True
+        log.info("connected to %s as %s (MQTT %s)", self.options.broker, self.options.client_id, self._protocol)
+        if self._on_connect is not None:
+            self._on_connect()
+
+    def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if self.connected.is_set() and not self._closing:
+            log.warning("lost the connection to %s (%s); reconnecting", self.options.broker, reason)
+        self.connected.clear()
+
+    def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self._on_message(message.topic, bytes(message.payload))

@@ -1,0 +1,407 @@
+"""The edgefl wire protocol: topics, message types and their encoding, in one place.
+
+Both the device agent and the coordinator import this module; nothing else
+formats a topic or a payload. ``docs/PROTOCOL.md`` describes the same protocol
+for clients written in other languages.
+
+Control messages are UTF-8 JSON objects carrying ``"protocol"`` and
+``"kind"``. Tensors travel as safetensors whose ``__metadata__`` holds the
+message's fields as strings. Every decoder checks the payload size before it
+parses anything, parses with ``json`` or ``safetensors`` only (never pickle,
+never eval), and raises ``ProtocolError`` with a stable ``reason`` code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import struct
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from edge_runtime.errors import ProtocolError, WeightsError
+from edge_runtime.weights import Weights, weights_from_bytes, weights_to_bytes
+
+PROTOCOL_VERSION = 1
+TOPIC_ROOT = "edgefl"
+DEFAULT_FEDERATION = "default"
+# Control messages are small; anything larger is refused unread.
+MAX_CONTROL_BYTES = 64 * 1024
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+# Reason codes a message can be refused with; the coordinator counts rejections by these.
+MALFORMED = "malformed"
+OVERSIZED = "oversized"
+WRONG_PROTOCOL = "wrong_protocol"
+
+
+def check_name(value: str, what: str) -> str:
+    """A device id or federation name: 1-64 of ``A-Z a-z 0-9 _ . -`` (no MQTT wildcards or separators)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ProtocolError(MALFORMED, f"{what} {value!r} is not valid; expected 1-64 characters from "
+                                       "A-Z a-z 0-9 _ . -")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one federation, under ``edgefl/<federation>/``."""
+
+    federation: str = DEFAULT_FEDERATION
+
+    def __post_init__(self) -> None:
+        check_name(self.federation, "federation name")
+
+    @property
+    def root(self) -> str:
+        return f"{TOPIC_ROOT}/{self.federation}"
+
+    @property
+    def artifact(self) -> str:
+        return f"{self.root}/model/artifact"
+
+    @property
+    def global_model(self) -> str:
+        return f"{self.root}/model/global"
+
+    @property
+    def coordinator(self) -> str:
+        return f"{self.root}/coordinator/state"
+
+    def status(self, device_id: str) -> str:
+        return f"{self.root}/devices/{check_name(device_id, 'device id')}/status"
+
+    def task(self, device_id: str) -> str:
+        return f"{self.root}/devices/{check_name(device_id, 'device id')}/task"
+
+    def update(self, device_id: str) -> str:
+        return f"{self.root}/updates/{check_name(device_id, 'device id')}"
+
+    def report(self, device_id: str) -> str:
+        return f"{self.root}/reports/{check_name(device_id, 'device id')}"
+
+    def coordinator_subscriptions(self) -> tuple[str, ...]:
+        return (f"{self.root}/devices/+/status", f"{self.root}/updates/+", f"{self.root}/reports/+")
+
+    def device_subscriptions(self, device_id: str) -> tuple[str, ...]:
+        return (self.artifact, self.global_model, self.coordinator, self.task(device_id))
+
+    def sender(self, topic: str) -> tuple[str, str] | None:
+        """``(kind, device_id)`` for a topic a device publishes on (status, update, report), else None."""
+        parts = topic.split("/")
+        root = self.root.split("/")
+        if parts[: len(root)] != root:
+            return None
+        rest = parts[len(root):]
+        if len(rest) == 3 and rest[0] == "devices" and rest[2] == "status" and _NAME.fullmatch(rest[1]):
+            return "status", rest[1]
+        if len(rest) == 2 and rest[0] in ("updates", "reports") and _NAME.fullmatch(rest[1]):
+            return rest[0][:-1], rest[1]
+        return None
+
+
+# --- JSON control messages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """Retained on the device's status topic; the last-will is the same with ``online=False``."""
+
+    device_id: str
+    online: bool
+    eligible: bool
+    reasons: tuple[str, ...] = ()
+    examples: int = 0
+    artifact_id: str = ""
+    model_version: int = -1
+    backend: str = ""
+    sent_at: float = 0.0
+    kind: Literal["status"] = "status"
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """Retained on a selected device's task topic; an empty retained payload withdraws it."""
+
+    task_id: str
+    round: int
+    model_version: int
+    artifact_id: str
+    deadline: float
+    epochs: int
+    lr: float
+    clip_norm: float
+    seed: int
+    kind: Literal["train"] = "train"
+
+
+@dataclass(frozen=True)
+class EvaluateTask:
+    """Evaluate global model ``model_version`` on the device's local data and report the sums."""
+
+    task_id: str
+    round: int
+    model_version: int
+    artifact_id: str
+    deadline: float
+    kind: Literal["evaluate"] = "evaluate"
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    """A task the device could not finish (``interrupted`` when its policy stopped it)."""
+
+    device_id: str
+    task_id: str
+    round: int
+    outcome: Literal["failed", "interrupted"]
+    reason: str
+    kind: Literal["failed"] = "failed"
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Sums over the device's local data, so the coordinator can weight devices exactly."""
+
+    device_id: str
+    task_id: str
+    round: int
+    model_version: int
+    examples: int
+    loss_sum: float
+    correct: int
+    kind: Literal["evaluation"] = "evaluation"
+
+
+@dataclass(frozen=True)
+class CoordinatorState:
+    """Retained by the coordinator: where the federation is."""
+
+    round: int
+    phase: Literal["waiting", "training", "evaluating", "finished"]
+    model_version: int
+    artifact_id: str
+    updated_at: float
+    kind: Literal["coordinator"] = "coordinator"
+
+
+Task = TrainTask | EvaluateTask
+Report = TaskFailed | EvaluationReport
+ControlMessage = DeviceStatus | TrainTask | EvaluateTask | TaskFailed | EvaluationReport | CoordinatorState
+_CONTROL: dict[str, type[Any]] = {
+    "status": DeviceStatus, "train": TrainTask, "evaluate": EvaluateTask, "failed": TaskFailed,
+    "evaluation": EvaluationReport, "coordinator": CoordinatorState,
+}
+M = TypeVar("M")
+
+
+def kind_of(cls: type[Any]) -> str:
+    """The ``kind`` string a message class is sent with."""
+    kind: str = cls.__dataclass_fields__["kind"].default
+    return kind
+
+
+def encode(message: ControlMessage) -> bytes:
+    body = {"protocol": PROTOCOL_VERSION, **asdict(message)}
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode(payload: bytes, expected: type[M] | tuple[type[Any], ...], limit: int = MAX_CONTROL_BYTES) -> M:
+    """Decode a JSON control message, refusing it unless its kind is one of ``expected``."""
+    allowed = expected if isinstance(expected, tuple) else (expected,)
+    data = _json_object(payload, limit)
+    kind = data.get("kind")
+    cls = _CONTROL.get(kind) if isinstance(kind, str) else None
+    if cls is None or cls not in allowed:
+        names = [kind_of(c) for c in allowed]
+        raise ProtocolError(MALFORMED, f"message kind {kind!r}; expected one of {names}")
+    message: M = _build(cls, data)
+    return message
+
+
+def _json_object(payload: bytes, limit: int) -> dict[str, Any]:
+    check_size(payload, limit)
+    try:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(MALFORMED, f"not a UTF-8 JSON object: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(MALFORMED, f"expected a JSON object, found {type(data).__name__}")
+    version = data.get("protocol")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(WRONG_PROTOCOL, f"protocol {version!r}; expected {PROTOCOL_VERSION}")
+    return data
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def check_size(payload: bytes, limit: int) -> None:
+    if len(payload) > limit:
+        raise ProtocolError(OVERSIZED, f"payload of {len(payload)} bytes exceeds the limit of {limit} bytes")
+
+
+def _build(cls: type[M], data: Mapping[str, Any]) -> M:
+    """Build dataclass ``cls`` from ``data``, checking every field's type; unknown keys are ignored."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            if f.default is not MISSING:
+                continue
+            raise ProtocolError(MALFORMED, f"field {f.name!r} is missing")
+        values[f.name] = _coerce(data[f.name], hints[f.name], f.name)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ProtocolError(MALFORMED, f"field {name!r} is {value!r}; expected one of {typing.get_args(hint)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ProtocolError(MALFORMED, f"field {name!r} is {value!r}; expected a list of strings")
+        return tuple(value)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        str: isinstance(value, str) and len(value) <= 1024,
+    }[hint]
+    if not ok:
+        raise ProtocolError(MALFORMED, f"field {name!r} is {value!r}; expected {hint.__name__}")
+    return float(value) if hint is float else value
+
+
+# --- safetensors messages ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    """The metadata of an update: the clipped difference local - global for one task."""
+
+    device_id: str
+    task_id: str
+    round: int
+    model_version: int
+    examples: int
+    train_loss: float
+    norm: float  # L2 norm before clipping
+    kind: Literal["update"] = "update"
+
+
+@dataclass(frozen=True)
+class GlobalHeader:
+    """The metadata of a global model: version ``version`` of artifact ``artifact_id``."""
+
+    version: int
+    round: int
+    artifact_id: str
+    kind: Literal["global"] = "global"
+
+
+@dataclass(frozen=True)
+class ArtifactHeader:
+    """The metadata of an artifact bundle: each file of the folder is one uint8 tensor named after it."""
+
+    artifact_id: str  # sha256 of manifest.json, which holds the sha256 of the other files
+    manifest_file: str
+    kind: Literal["artifact"] = "artifact"
+
+
+_BINARY: dict[str, type[Any]] = {"update": UpdateHeader, "global": GlobalHeader, "artifact": ArtifactHeader}
+Header = UpdateHeader | GlobalHeader | ArtifactHeader
+H = TypeVar("H", UpdateHeader, GlobalHeader, ArtifactHeader)
+
+
+def encode_tensors(header: Header, tensors: Mapping[str, np.ndarray]) -> bytes:
+    metadata = {"protocol": str(PROTOCOL_VERSION)}
+    metadata.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in asdict(header).items()})
+    return weights_to_bytes(tensors, metadata)
+
+
+def decode_tensors(payload: bytes, expected: type[H], limit: int) -> tuple[H, Weights]:
+    """Decode a safetensors message of kind ``expected``: its header and its tensors."""
+    check_size(payload, limit)
+    metadata = _safetensors_metadata(payload)
+    if metadata.get("protocol") != str(PROTOCOL_VERSION):
+        raise ProtocolError(WRONG_PROTOCOL, f"protocol {metadata.get('protocol')!r}; expected {PROTOCOL_VERSION}")
+    kind = metadata.get("kind")
+    if _BINARY.get(kind or "") is not expected:
+        raise ProtocolError(MALFORMED, f"message kind {kind!r}; expected {kind_of(expected)!r}")
+    hints = typing.get_type_hints(expected)
+    data: dict[str, Any] = {}
+    for name, text in metadata.items():
+        if name in hints:
+            textual = hints[name] is str or typing.get_origin(hints[name]) is Literal
+            data[name] = text if textual else _json_value(text, name)
+    header = _build(expected, data)
+    try:
+        tensors = weights_from_bytes(payload)
+    except WeightsError as exc:
+        raise ProtocolError(MALFORMED, exc.problem) from exc
+    return header, tensors
+
+
+def _json_value(text: str, name: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise ProtocolError(MALFORMED, f"metadata {name!r} is {text!r}; expected a JSON number") from exc
+
+
+def _safetensors_metadata(payload: bytes) -> dict[str, str]:
+    """Read only the header of a safetensors payload (8-byte length, then JSON), checking its bounds."""
+    if len(payload) < 8:
+        raise ProtocolError(MALFORMED, f"payload of {len(payload)} bytes is too short for safetensors")
+    (length,) = struct.unpack("<Q", payload[:8])
+    if length > len(payload) - 8:
+        raise ProtocolError(MALFORMED, f"safetensors header claims {length} bytes but only "
+                                       f"{len(payload) - 8} follow; the payload is truncated")
+    try:
+        header = json.loads(payload[8: 8 + length].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(MALFORMED, f"safetensors header is not JSON: {exc}") from exc
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ProtocolError(MALFORMED, "safetensors payload has no string __metadata__")
+    return metadata
+
+
+# --- artifact bundles ---------------------------------------------------------------------------
+
+
+def artifact_id(manifest_bytes: bytes) -> str:
+    return hashlib.sha256(manifest_bytes).hexdigest()
+
+
+def bundle_files(files: Mapping[str, bytes], manifest_file: str) -> bytes:
+    """One payload holding an artifact folder's files, keyed by ``artifact_id(manifest)``."""
+    header = ArtifactHeader(artifact_id(files[manifest_file]), manifest_file)
+    return encode_tensors(header, {name: np.frombuffer(content, np.uint8) for name, content in files.items()})
+
+
+def unbundle_files(payload: bytes, limit: int) -> tuple[ArtifactHeader, dict[str, bytes]]:
+    """The files of an artifact bundle; refused if the manifest's sha256 is not the bundle's id."""
+    header, tensors = decode_tensors(payload, ArtifactHeader, limit)
+    files: dict[str, bytes] = {}
+    for name, array in tensors.items():
+        if array.dtype != np.uint8 or array.ndim != 1:
+            raise ProtocolError(MALFORMED, f"artifact file {name!r} is {array.dtype}{list(array.shape)}; "
+                                           "expected a 1-D uint8 tensor")
+        files[check_name(name, "artifact file name")] = array.tobytes()
+    manifest = files.get(header.manifest_file)
+    if manifest is None or artifact_id(manifest) != header.artifact_id:
+        raise ProtocolError(MALFORMED, f"artifact bundle's {header.manifest_file!r} does not hash to its id "
+                                       f"{header.artifact_id}")
+    return header, files
