@@ -18,6 +18,9 @@ from edge_runtime.errors import EdgeflError
 COMMAND_MODULES = (
     "model_export.cli",
     "edge_runtime.train_cli",
+    "edge_runtime.device_cli",
+    "coordinator.cli",
+    "coordinator.broker_cli",
 )
 
 

@@ -405,3 +405,8 @@ def unbundle_files(payload: bytes, limit: int) -> tuple[ArtifactHeader, dict[str
         raise ProtocolError(MALFORMED, f"artifact bundle's {header.manifest_file!r} does not hash to its id "
                                        f"{header.artifact_id}")
     return header, files
+
+
+def tensor_payload_limit(parameter_count: int) -> int:
+    """Default size limit of an update or global-model payload: the float32 tensors plus 64 KiB of header."""
+    return parameter_count * 4 + 64 * 1024

@@ -1,0 +1,67 @@
+"""``edgefl coordinator``: run federated rounds over MQTT; one JSON line per round on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from coordinator.config import build_config
+from edge_runtime.argtypes import positive_float, positive_int
+from edge_runtime.broker_args import add_broker_arguments, stop_on_signals
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "coordinator", help="run federated rounds: select devices, aggregate their updates (FedAvg)",
+        description="Select a fraction of the eligible devices each round, collect their clipped updates until the "
+                    "goal count or the deadline, and commit the FedAvg aggregate when enough arrived. Every option "
+                    "can also be set in a TOML file (--config) under the same name, e.g. round-timeout = 30; flags "
+                    "win over the file.")
+    p.add_argument("--config", type=Path, help="TOML file with any of the options below")
+    p.add_argument("--artifact", type=Path, help="artifact folder written by `edgefl export` (required)")
+    p.add_argument("--state-dir", type=Path, help="checkpoints and rounds.jsonl go here (required)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --state-dir")
+    rounds = p.add_argument_group("rounds")
+    rounds.add_argument("--rounds", type=positive_int, help="rounds to hold, abandoned ones included (10)")
+    rounds.add_argument("--fraction", type=positive_float, help="goal = this fraction of eligible devices (0.1)")
+    rounds.add_argument("--min-clients", type=positive_int, help="goal is at least this many devices (2)")
+    rounds.add_argument("--over-select", type=positive_float, help="select goal x this many devices (1.3)")
+    rounds.add_argument("--min-reports", type=positive_int, help="commit only with this many updates (2)")
+    rounds.add_argument("--round-timeout", type=positive_float, help="deadline of a round, seconds (60)")
+    rounds.add_argument("--seed", type=int, help="seed of the device selection (0)")
+    training = p.add_argument_group("training")
+    training.add_argument("--local-epochs", type=positive_int, help="epochs each device trains per round (1)")
+    training.add_argument("--lr", type=positive_float, help="device learning rate (default: the manifest's)")
+    training.add_argument("--clip-norm", type=positive_float, help="L2 bound on each device's update (5.0)")
+    training.add_argument("--server-lr", type=positive_float, help="server learning rate of FedAvg (1.0)")
+    training.add_argument("--max-payload", type=positive_int, help="refuse larger updates, bytes "
+                                                                   "(default: model size + 64 KiB)")
+    evaluation = p.add_argument_group("evaluation")
+    evaluation.add_argument("--eval-every", type=int, help="federated evaluation every K rounds, 0: never (5)")
+    evaluation.add_argument("--test-data", type=Path, help="held-out .npz/.csv evaluated after every commit")
+    add_broker_arguments(p, defaults=False)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from coordinator.server import Coordinator
+
+    options = {name: value for name, value in vars(args).items()
+               if name not in ("config", "command", "handler", "verbose")}
+    options["mqtt_version"] = options.pop("mqtt_version", None)
+    config = build_config(args.config, options)
+    coordinator = Coordinator(config, on_round=_print_line)
+    print(f"coordinator: artifact {coordinator.artifact_id[:12]} ({coordinator.artifact.manifest.model_name}), "
+          f"rounds {coordinator.state.next_round}..{config.rounds}, broker {config.broker}, "
+          f"federation {config.federation}", file=sys.stderr)
+    state = coordinator.run(stop_on_signals())
+    print(f"coordinator: {state.committed_rounds} rounds committed, model version {state.model_version}; "
+          f"checkpoint in {config.state_dir}", file=sys.stderr)
+    return 0
+
+
+def _print_line(line: dict[str, Any]) -> None:
+    print(json.dumps(line), flush=True)

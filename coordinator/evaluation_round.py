@@ -1,0 +1,54 @@
+"""A federated-evaluation phase, without I/O: which devices were asked, what they reported."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from coordinator.evaluation import Metrics, combine
+from coordinator.rounds import BAD_METADATA, DUPLICATE, IDENTITY_MISMATCH, NOT_SELECTED, UNKNOWN_DEVICE
+from edge_runtime.protocol import EvaluateTask, EvaluationReport, TaskFailed
+
+
+class EvaluationRound:
+    def __init__(self, task: EvaluateTask, selected: frozenset[str]) -> None:
+        self.task = task
+        self.selected = selected
+        self.rejected: Counter[str] = Counter()
+        self.failed = 0
+        self._reports: dict[str, EvaluationReport] = {}
+        self._answered: set[str] = set()
+
+    @property
+    def all_answered(self) -> bool:
+        return self.selected <= self._answered
+
+    def offer(self, sender: str, known: bool, message: EvaluationReport | TaskFailed) -> str | None:
+        reason = None
+        if message.device_id != sender:
+            reason = IDENTITY_MISMATCH
+        elif not known:
+            reason = UNKNOWN_DEVICE
+        elif sender not in self.selected:
+            reason = NOT_SELECTED
+        elif sender in self._answered:
+            reason = DUPLICATE
+        elif isinstance(message, EvaluationReport) and not _plausible(message):
+            reason = BAD_METADATA
+        if reason is not None:
+            self.rejected[reason] += 1
+            return reason
+        self._answered.add(sender)
+        if isinstance(message, EvaluationReport):
+            self._reports[sender] = message
+        else:
+            self.failed += 1
+        return None
+
+    def metrics(self) -> Metrics | None:
+        return combine(self._reports.values())
+
+
+def _plausible(report: EvaluationReport) -> bool:
+    return (report.examples >= 0 and 0 <= report.correct <= report.examples
+            and math.isfinite(report.loss_sum) and report.loss_sum >= 0)

@@ -1,0 +1,60 @@
+"""One JSON line per round: what was selected, accepted, refused and why, traffic, time, metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from coordinator.checkpoint import ROUNDS_FILE
+from coordinator.evaluation import Metrics
+from coordinator.rounds import RoundOutcome, Tally
+
+log = logging.getLogger(__name__)
+
+
+def round_line(outcome: RoundOutcome, tally: Tally, duration_s: float, model_version: int,
+               test: Metrics | None, federated: Metrics | None) -> dict[str, Any]:
+    plan = outcome.plan
+    return {
+        "round": plan.number,
+        "status": outcome.status,
+        "closed_by": outcome.closed_by,
+        "model_version": model_version,
+        "eligible": plan.eligible,
+        "goal": plan.goal,
+        "selected": len(plan.selected),
+        "reported": outcome.reported,
+        "failed": sum(tally.failed.values()),
+        "interrupted": sum(tally.interrupted.values()),
+        "dropped": outcome.no_answer if outcome.closed_by == "deadline" else 0,
+        "cancelled": outcome.no_answer if outcome.closed_by != "deadline" else 0,
+        "rejected": dict(sorted(tally.rejected.items())),
+        "failure_reasons": dict(sorted((tally.failed + tally.interrupted).items())),
+        "examples": outcome.examples,
+        "train_loss": outcome.train_loss,
+        "bytes_in": tally.bytes_in,
+        "bytes_out": tally.bytes_out,
+        "duration_s": round(duration_s, 3),
+        "test": asdict(test) if test else None,
+        "federated_eval": asdict(federated) if federated else None,
+    }
+
+
+class RoundLog:
+    """Appends round lines to ``rounds.jsonl`` in the state folder and hands each to a callback."""
+
+    def __init__(self, folder: Path, on_line: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path = Path(folder) / ROUNDS_FILE
+        self._on_line = on_line
+
+    def write(self, line: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        log.info("round %d %s: %d/%d reported", line["round"], line["status"], line["reported"], line["selected"])
+        if self._on_line is not None:
+            self._on_line(line)

@@ -1,0 +1,184 @@
+"""One training round, without I/O: what is accepted, what is refused and why, and how it ends.
+
+``OpenRound`` holds a plan (who was selected, for which model version, until
+when), folds accepted updates into the strategy's streaming state, and counts
+every refusal by reason. ``close`` turns it into a ``RoundOutcome``: commit if
+at least ``min_reports`` updates arrived, otherwise abandon and keep the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from coordinator.aggregate import WeightedSum
+from coordinator.fedavg import FedAvg
+from edge_runtime.errors import WeightsError
+from edge_runtime.manifest import WeightSpec
+from edge_runtime.protocol import TaskFailed, UpdateHeader
+from edge_runtime.updates import within_bound
+from edge_runtime.weights import Weights, check_weights
+
+# Reasons an update or message is refused; the round line counts rejections by these.
+UNKNOWN_DEVICE = "unknown_device"
+NOT_SELECTED = "not_selected"
+IDENTITY_MISMATCH = "identity_mismatch"
+WRONG_ROUND = "wrong_round"
+LATE = "late"  # for a round that has closed: over-selected devices finishing after the goal was met
+WRONG_TASK = "wrong_task"
+WRONG_MODEL_VERSION = "wrong_model_version"
+DUPLICATE = "duplicate"
+BAD_METADATA = "bad_metadata"
+BAD_TENSORS = "bad_tensors"
+NON_FINITE = "non_finite"
+NORM_EXCEEDED = "norm_exceeded"
+NO_OPEN_ROUND = "no_open_round"
+BAD_STATUS = "bad_status"
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    number: int
+    task_id: str
+    model_version: int
+    selected: frozenset[str]
+    eligible: int
+    goal: int
+    min_reports: int
+    clip_norm: float
+    deadline: float
+
+
+@dataclass
+class Tally:
+    """What a round saw, beyond the accepted updates: refusals, failures, traffic."""
+
+    rejected: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    interrupted: Counter[str] = field(default_factory=Counter)
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    plan: RoundPlan
+    status: Literal["committed", "abandoned"]
+    closed_by: Literal["goal", "deadline", "stopped"]
+    reported: int
+    examples: int
+    train_loss: float | None
+    no_answer: int  # selected devices that sent neither an update nor a failure
+    weights: Weights | None  # the new global model when committed
+
+
+class OpenRound:
+    def __init__(self, plan: RoundPlan, global_weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...],
+                 strategy: FedAvg) -> None:
+        self.plan = plan
+        self.tally = Tally()
+        self._global = global_weights
+        self._specs = specs
+        self._strategy = strategy
+        self._state: WeightedSum = strategy.begin(global_weights)
+        self._answered: set[str] = set()
+        self._loss_sum = 0.0
+        self._examples = 0
+
+    @property
+    def reported(self) -> int:
+        return self._state.count
+
+    @property
+    def goal_reached(self) -> bool:
+        return self.reported >= self.plan.goal
+
+    @property
+    def all_answered(self) -> bool:
+        return self.plan.selected <= self._answered
+
+    def offer_update(self, sender: str, known: bool, header: UpdateHeader,
+                     tensors: Mapping[str, np.ndarray]) -> str | None:
+        """Accept an update into the aggregate, or return the reason it is refused (changing nothing)."""
+        reason = self._refusal(sender, known, header.device_id, header.round, header.task_id)
+        if reason is None and header.model_version != self.plan.model_version:
+            reason = WRONG_MODEL_VERSION
+        if reason is None and (header.examples <= 0 or not math.isfinite(header.train_loss)):
+            reason = BAD_METADATA
+        checked: Weights = {}
+        if reason is None:
+            reason, checked = _check_tensors(tensors, self._specs, self.plan.clip_norm)
+        if reason is not None:
+            self.tally.rejected[reason] += 1
+            return reason
+        self._strategy.accumulate(self._state, checked, header.examples)
+        self._answered.add(sender)
+        self._loss_sum += header.train_loss * header.examples
+        self._examples += header.examples
+        return None
+
+    def offer_failure(self, sender: str, known: bool, message: TaskFailed) -> str | None:
+        """Count a device's report that it could not finish its task."""
+        reason = self._refusal(sender, known, message.device_id, message.round, message.task_id)
+        if reason is not None:
+            self.tally.rejected[reason] += 1
+            return reason
+        self._answered.add(sender)
+        counter = self.tally.interrupted if message.outcome == "interrupted" else self.tally.failed
+        counter[message.reason] += 1
+        return None
+
+    def _refusal(self, sender: str, known: bool, claimed: str, round_number: int, task_id: str) -> str | None:
+        if claimed != sender:
+            return IDENTITY_MISMATCH
+        if not known:
+            return UNKNOWN_DEVICE
+        if round_number < self.plan.number:
+            return LATE
+        if round_number != self.plan.number:
+            return WRONG_ROUND
+        if sender not in self.plan.selected:
+            return NOT_SELECTED
+        if task_id != self.plan.task_id:
+            return WRONG_TASK
+        if sender in self._answered:
+            return DUPLICATE
+        return None
+
+    def close(self, closed_by: Literal["goal", "deadline", "stopped"]) -> RoundOutcome:
+        commit = self.reported >= self.plan.min_reports and closed_by != "stopped"
+        weights = self._strategy.apply(self._global, self._state) if commit else None
+        return RoundOutcome(
+            self.plan, "committed" if commit else "abandoned", closed_by, self.reported, self._examples,
+            self._loss_sum / self._examples if self._examples else None,
+            len(self.plan.selected - self._answered), weights,
+        )
+
+
+def _check_tensors(tensors: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...],
+                   clip_norm: float) -> tuple[str | None, Weights]:
+    try:
+        checked = check_weights(_finite_or_raise(tensors), specs)
+    except _NonFinite:
+        return NON_FINITE, {}
+    except WeightsError:
+        return BAD_TENSORS, {}
+    if not within_bound(checked, clip_norm):
+        return NORM_EXCEEDED, {}
+    return None, checked
+
+
+class _NonFinite(Exception):
+    pass
+
+
+def _finite_or_raise(tensors: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    for value in tensors.values():
+        if np.asarray(value).dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise _NonFinite
+    return tensors

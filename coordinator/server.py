@@ -1,0 +1,315 @@
+"""The coordinator's MQTT layer: a thin loop around the pure round logic of ``coordinator.rounds``.
+
+Messages arrive on paho's network thread and are queued; the coordinator's
+thread decodes them, keeps the device registry, and feeds updates to the open
+round. Everything the coordinator publishes retained (artifact, global model,
+state, open tasks) is remembered and published again after every reconnect,
+so a broker that restarted without persistence is repopulated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Literal
+
+from coordinator.checkpoint import FederationState, has_checkpoint, load_checkpoint, save_checkpoint
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import CheckpointError
+from coordinator.evaluation import Metrics, TestSetEvaluator
+from coordinator.evaluation_round import EvaluationRound
+from coordinator.fedavg import FedAvg
+from coordinator.report import RoundLog, round_line
+from coordinator.rounds import BAD_STATUS, LATE, NO_OPEN_ROUND, OpenRound, RoundOutcome, RoundPlan, Tally
+from coordinator.selection import goal_count, select, selection_size
+from edge_runtime.artifact import Artifact
+from edge_runtime.broker_args import mqtt_options
+from edge_runtime.errors import ProtocolError
+from edge_runtime.manifest import MANIFEST_FILE
+from edge_runtime.mqtt import MqttConnection
+from edge_runtime.protocol import (
+    CoordinatorState,
+    DeviceStatus,
+    EvaluateTask,
+    EvaluationReport,
+    GlobalHeader,
+    TaskFailed,
+    Topics,
+    TrainTask,
+    UpdateHeader,
+    artifact_id,
+    bundle_files,
+    decode,
+    decode_tensors,
+    encode,
+    encode_tensors,
+    tensor_payload_limit,
+)
+from edge_runtime.weights import Weights
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+_POLL_S = 0.1
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig, *, clock: Clock = time.time,
+                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.artifact = Artifact.load(config.artifact)
+        manifest = self.artifact.manifest
+        files = {name: (self.artifact.folder / name).read_bytes()
+                 for name in (MANIFEST_FILE, manifest.tflite_file, manifest.weights_file)}
+        self.artifact_id = artifact_id(files[MANIFEST_FILE])
+        self._bundle = bundle_files(files, MANIFEST_FILE)
+        self.topics = Topics(config.federation)
+        self.strategy = FedAvg(config.server_lr)
+        self.limit = config.max_payload or tensor_payload_limit(manifest.parameter_count)
+        self.state, self.weights = self._initial_state()
+        self.registry: dict[str, DeviceStatus] = {}
+        self._log = RoundLog(config.state_dir, on_round)
+        self._evaluator = TestSetEvaluator(self.artifact, config.test_data) if config.test_data else None
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._round: OpenRound | None = None
+        self._evaluation: EvaluationRound | None = None
+        self._between = Tally()  # what arrives outside a round is reported with the next one
+        self._retained: dict[str, bytes] = {}
+        self._retained_lock = threading.Lock()
+        options = mqtt_options(config.broker, f"edgefl-coordinator-{config.federation}", config.username,
+                               config.password, config.tls_ca, config.mqtt_version)  # type: ignore[arg-type]
+        self._conn = MqttConnection(options, self.topics.coordinator_subscriptions(), self._receive,
+                                    on_connect=self._republish)
+
+    def _initial_state(self) -> tuple[FederationState, Weights]:
+        folder = self.config.state_dir
+        specs = self.artifact.manifest.weights
+        if self.config.resume and has_checkpoint(folder):
+            state, weights = load_checkpoint(folder, specs)
+            if state.artifact_id != self.artifact_id:
+                raise CheckpointError(f"{folder}: checkpoint is for artifact {state.artifact_id}, not "
+                                      f"{self.artifact_id} ({self.config.artifact})")
+            log.info("resuming at round %d, model version %d", state.next_round, state.model_version)
+            return state, weights
+        if has_checkpoint(folder):
+            raise CheckpointError(f"{folder} already holds a checkpoint; pass --resume to continue it, or choose "
+                                  "another --state-dir")
+        return FederationState(self.artifact_id, 1, 0, 0), self.artifact.initial_weights()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> FederationState:
+        """Run rounds until ``rounds`` have been held (or ``stop`` is set); returns the final state."""
+        stop = stop or threading.Event()
+        self._conn.start()
+        try:
+            self._publish_retained(self.topics.artifact, self._bundle)
+            self._publish_global()
+            while self.state.next_round <= self.config.rounds and not stop.is_set():
+                if self._wait_for_devices(stop):
+                    self._train_round(stop)
+            self._publish_state("finished")
+        finally:
+            self._conn.close()
+        return self.state
+
+    def eligible(self) -> list[str]:
+        return sorted(d for d, s in self.registry.items() if s.online and s.eligible)
+
+    def _wait_for_devices(self, stop: threading.Event) -> bool:
+        self._publish_state("waiting")
+        next_note = 0.0
+        while not stop.is_set():
+            have = len(self.eligible())
+            if have >= self.config.min_clients:
+                return True
+            if time.monotonic() >= next_note:
+                log.info("round %d waits for %d eligible devices (%d now)", self.state.next_round,
+                         self.config.min_clients, have)
+                next_note = time.monotonic() + 30
+            self._pump(_POLL_S)
+        return False
+
+    # -- a training round -------------------------------------------------------------------------
+
+    def _train_round(self, stop: threading.Event) -> None:
+        started, number = time.monotonic(), self.state.next_round
+        plan = self._plan(number)
+        self._round = current = OpenRound(plan, self.weights, self.artifact.manifest.weights, self.strategy)
+        current.tally, self._between = self._between, Tally()
+        lr = self.config.lr if self.config.lr is not None else self.artifact.manifest.optimizer.learning_rate
+        for device in sorted(plan.selected):
+            seed = _task_seed(self.config.seed, number, device)
+            task = TrainTask(plan.task_id, number, plan.model_version, self.artifact_id, plan.deadline,
+                             self.config.local_epochs, lr, self.config.clip_norm, seed)
+            self._publish_retained(self.topics.task(device), encode(task))
+        self._publish_state("training")
+        closed_by = self._collect(stop, plan.deadline, lambda: current.goal_reached or current.all_answered)
+        outcome = current.close("goal" if current.goal_reached else closed_by)
+        self._withdraw_tasks(plan.selected)
+        self._round = None
+        if outcome.closed_by == "stopped":
+            return
+        self._finish_round(outcome, current.tally, started, stop)
+
+    def _plan(self, number: int) -> RoundPlan:
+        eligible = self.eligible()
+        goal = goal_count(len(eligible), self.config.fraction, self.config.min_clients)
+        chosen = select(eligible, selection_size(len(eligible), goal, self.config.over_select), self.config.seed,
+                        number)
+        return RoundPlan(number, secrets.token_hex(8), self.state.model_version, frozenset(chosen), len(eligible),
+                         goal, self.config.min_reports, self.config.clip_norm,
+                         self.clock() + self.config.round_timeout)
+
+    def _collect(self, stop: threading.Event, deadline: float, done: Callable[[], bool]) -> Literal[
+            "deadline", "stopped", "goal"]:
+        while not done():
+            if stop.is_set():
+                return "stopped"
+            if self.clock() >= deadline:
+                return "deadline"
+            self._pump(_POLL_S)
+        return "goal"
+
+    def _finish_round(self, outcome: RoundOutcome, tally: Tally, started: float, stop: threading.Event) -> None:
+        committed = outcome.status == "committed" and outcome.weights is not None
+        if committed and outcome.weights is not None:
+            self.weights = outcome.weights
+        self.state = replace(self.state, next_round=outcome.plan.number + 1,
+                             model_version=self.state.model_version + int(committed),
+                             committed_rounds=self.state.committed_rounds + int(committed))
+        save_checkpoint(self.config.state_dir, self.state, self.weights)
+        if committed:
+            self._publish_global()
+        test = self._evaluator(self.weights) if self._evaluator and committed else None
+        federated = None
+        every = self.config.eval_every
+        if committed and every and outcome.plan.number % every == 0:
+            federated = self._evaluate_on_devices(outcome.plan.number, stop)
+        self._log.write(round_line(outcome, tally, time.monotonic() - started, self.state.model_version,
+                                   test, federated))
+
+    def _withdraw_tasks(self, devices: frozenset[str]) -> None:
+        for device in sorted(devices):
+            self._publish_retained(self.topics.task(device), b"")
+
+    # -- federated evaluation ---------------------------------------------------------------------
+
+    def _evaluate_on_devices(self, number: int, stop: threading.Event) -> Metrics | None:
+        eligible = self.eligible()
+        if not eligible:
+            return None
+        goal = goal_count(len(eligible), self.config.fraction, 1)
+        chosen = select(eligible, selection_size(len(eligible), goal, self.config.over_select),
+                        self.config.seed + 1, number)
+        task = EvaluateTask(secrets.token_hex(8), number, self.state.model_version, self.artifact_id,
+                            self.clock() + self.config.round_timeout)
+        self._evaluation = evaluation = EvaluationRound(task, frozenset(chosen))
+        for device in chosen:
+            self._publish_retained(self.topics.task(device), encode(task))
+        self._publish_state("evaluating")
+        self._collect(stop, task.deadline, lambda: evaluation.all_answered)
+        self._evaluation = None
+        self._withdraw_tasks(frozenset(chosen))
+        self._between.rejected.update(evaluation.rejected)
+        return evaluation.metrics()
+
+    # -- incoming messages ------------------------------------------------------------------------
+
+    def _receive(self, topic: str, payload: bytes) -> None:  # paho's network thread
+        self._inbox.put((topic, payload))
+
+    def _pump(self, timeout: float) -> None:
+        try:
+            topic, payload = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        sender = self.topics.sender(topic)
+        if sender is None:
+            return
+        kind, device = sender
+        tally = self._round.tally if self._round is not None else self._between
+        tally.bytes_in += len(payload)
+        try:
+            if kind == "status":
+                self._on_status(device, payload)
+            elif kind == "update":
+                self._on_update(device, payload, tally)
+            else:
+                self._on_report(device, payload, tally)
+        except ProtocolError as exc:
+            reason = BAD_STATUS if kind == "status" else exc.reason
+            tally.rejected[reason] += 1
+            log.warning("rejected %s from %s: %s (%s)", kind, device, reason, exc.problem)
+
+    def _on_status(self, device: str, payload: bytes) -> None:
+        if not payload:
+            self.registry.pop(device, None)  # its retained status was cleared
+            return
+        status: DeviceStatus = decode(payload, DeviceStatus)
+        if status.device_id != device:
+            raise ProtocolError("identity_mismatch", f"status names device {status.device_id!r}")
+        self.registry[device] = status
+
+    def _on_update(self, device: str, payload: bytes, tally: Tally) -> None:
+        header, tensors = decode_tensors(payload, UpdateHeader, self.limit)
+        if self._round is None:
+            reason = LATE if header.round < self.state.next_round else NO_OPEN_ROUND
+            tally.rejected[reason] += 1
+            log.info("refused update from %s: %s (round %d)", device, reason, header.round)
+            return
+        reason = self._round.offer_update(device, device in self.registry, header, tensors)
+        if reason is not None:
+            log.warning("rejected update from %s for round %d: %s", device, header.round, reason)
+
+    def _on_report(self, device: str, payload: bytes, tally: Tally) -> None:
+        message: TaskFailed | EvaluationReport = decode(payload, (TaskFailed, EvaluationReport))
+        known = device in self.registry
+        evaluation = self._evaluation
+        if evaluation is not None and message.task_id == evaluation.task.task_id:
+            reason = evaluation.offer(device, known, message)
+        elif isinstance(message, TaskFailed) and self._round is not None:
+            reason = self._round.offer_failure(device, known, message)
+        else:
+            reason = LATE if message.round < self.state.next_round else NO_OPEN_ROUND
+            tally.rejected[reason] += 1
+        if reason is not None:
+            log.warning("rejected report from %s: %s", device, reason)
+
+    # -- outgoing messages ------------------------------------------------------------------------
+
+    def _publish_global(self) -> None:
+        header = GlobalHeader(self.state.model_version, self.state.next_round - 1, self.artifact_id)
+        self._publish_retained(self.topics.global_model, encode_tensors(header, self.weights))
+
+    def _publish_state(self, phase: Literal["waiting", "training", "evaluating", "finished"]) -> None:
+        state = CoordinatorState(self.state.next_round, phase, self.state.model_version, self.artifact_id,
+                                 time.time())
+        self._publish_retained(self.topics.coordinator, encode(state))
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        with self._retained_lock:
+            if payload:
+                self._retained[topic] = payload
+            else:
+                self._retained.pop(topic, None)
+        tally = self._round.tally if self._round is not None else self._between
+        tally.bytes_out += len(payload)
+        self._conn.publish(topic, payload, retain=True)
+
+    def _republish(self) -> None:  # paho's network thread, after every (re)connect
+        with self._retained_lock:
+            pending = list(self._retained.items())
+        for topic, payload in pending:
+            self._conn.publish(topic, payload, retain=True)
+
+
+def _task_seed(seed: int, round_number: int, device: str) -> int:
+    """A shuffling seed per device and round, reproducible from the configured seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{round_number}/{device}".encode()).digest()[:4], "little")

@@ -1,0 +1,278 @@
+"""The device agent: fetch the model over MQTT, wait for tasks, train, report clipped updates.
+
+Messages arrive on paho's network thread and are queued; one agent thread
+handles them in order, including training, so the agent's state has a single
+writer. The network thread only notes the id of the newest task, which lets a
+running task see between steps that the coordinator withdrew it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edge_runtime.artifact import Artifact
+from edge_runtime.cache import ArtifactCache
+from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, load_data
+from edge_runtime.errors import EdgeRuntimeError, ProtocolError
+from edge_runtime.mqtt import MqttConnection, MqttOptions
+from edge_runtime.policy import AlwaysEligible, Decision, EligibilityPolicy
+from edge_runtime.protocol import (
+    DeviceStatus,
+    EvaluateTask,
+    EvaluationReport,
+    GlobalHeader,
+    Task,
+    TaskFailed,
+    Topics,
+    TrainTask,
+    UpdateHeader,
+    decode,
+    decode_tensors,
+    encode,
+    encode_tensors,
+    tensor_payload_limit,
+    unbundle_files,
+)
+from edge_runtime.trainer import Trainer
+from edge_runtime.updates import clip, difference
+from edge_runtime.weights import Weights, check_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_id: str
+    data: Path
+    mqtt: MqttOptions
+    cache_dir: Path
+    topics: Topics = field(default_factory=Topics)
+    label_column: str = DEFAULT_LABEL_COLUMN
+    backend: str | None = None
+    num_threads: int | None = None
+    max_artifact_bytes: int = 256 * 1024 * 1024
+
+
+class _Stopped(Exception):
+    """Raised between training steps to abandon a task; carries the report to send (None: withdrawn)."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+@dataclass
+class _Model:
+    artifact: Artifact
+    artifact_id: str
+    trainer: Trainer
+    data: Dataset
+
+
+class DeviceAgent:
+    def __init__(self, config: AgentConfig, policy: EligibilityPolicy | None = None) -> None:
+        self.config = config
+        self.policy: EligibilityPolicy = policy or AlwaysEligible()
+        self.topics = config.topics
+        self._cache = ArtifactCache(config.cache_dir)
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._newest_task = ""
+        self._model: _Model | None = None
+        self._global: tuple[int, Weights] | None = None
+        self._unusable = ""  # why the device cannot take part (its data does not fit the model), if so
+        self._waiting: Task | None = None  # a task whose global model has not arrived yet
+        self._results: dict[str, tuple[str, bytes]] = {}  # task id -> the report sent, resent if the task comes again
+        self._early_global = b""
+        self._conn = MqttConnection(config.mqtt, self.topics.device_subscriptions(config.device_id),
+                                    self._receive, on_connect=self._connected,
+                                    will=(self.topics.status(config.device_id), encode(self._status(online=False))))
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set, then publish an offline status and disconnect."""
+        self._conn.start()
+        try:
+            while not stop.is_set():
+                try:
+                    topic, payload = self._inbox.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                self._handle(topic, payload)
+        finally:
+            self._conn.publish(self.topics.status(self.config.device_id), encode(self._status(online=False)),
+                               retain=True)
+            self._conn.close()
+
+    def _receive(self, topic: str, payload: bytes) -> None:  # paho's network thread
+        if topic == self.topics.task(self.config.device_id):
+            self._newest_task = _task_id(payload)
+        self._inbox.put((topic, payload))
+
+    def _connected(self) -> None:  # paho's network thread, after every (re)connect
+        self.publish_status()
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        try:
+            if topic == self.topics.artifact:
+                self._on_artifact(payload)
+            elif topic == self.topics.global_model:
+                self._on_global(payload)
+            elif topic == self.topics.task(self.config.device_id):
+                self._on_task(payload)
+        except (ProtocolError, EdgeRuntimeError) as exc:
+            log.error("%s: refused a message on %s: %s", self.config.device_id, topic, exc)
+
+    def _on_artifact(self, payload: bytes) -> None:
+        header, files = unbundle_files(payload, self.config.max_artifact_bytes)
+        if self._model is not None and self._model.artifact_id == header.artifact_id:
+            return
+        artifact = self._cache.get(header.artifact_id) or self._cache.put(header.artifact_id, files)
+        self._model, self._global = None, None
+        try:
+            data = load_data(self.config.data, artifact.manifest, self.config.label_column)
+        except EdgeRuntimeError as exc:
+            self._unusable = f"local data does not fit the model: {exc}"
+            log.error("%s: %s", self.config.device_id, self._unusable)
+            self.publish_status()
+            return
+        trainer = Trainer(artifact, backend=self.config.backend, num_threads=self.config.num_threads)
+        self._model, self._unusable = _Model(artifact, header.artifact_id, trainer, data), ""
+        log.info("%s: artifact %s loaded, %d local examples", self.config.device_id, header.artifact_id[:12],
+                 len(data))
+        self.publish_status()
+        if self._early_global:
+            payload, self._early_global = self._early_global, b""
+            self._on_global(payload)
+
+    def _on_global(self, payload: bytes) -> None:
+        if self._model is None:
+            self._early_global = payload  # the artifact is still on its way; handled once it is loaded
+            return
+        limit = tensor_payload_limit(self._model.artifact.manifest.parameter_count)
+        header, tensors = decode_tensors(payload, GlobalHeader, limit)
+        if header.artifact_id != self._model.artifact_id:
+            log.info("%s: global model for artifact %s, waiting for that artifact", self.config.device_id,
+                     header.artifact_id[:12])
+            return
+        self._global = (header.version, check_weights(tensors, self._model.artifact.manifest.weights))
+        log.info("%s: global model version %d", self.config.device_id, header.version)
+        self.publish_status()
+        if self._waiting is not None:
+            task, self._waiting = self._waiting, None
+            self._start(task)
+
+    def _on_task(self, payload: bytes) -> None:
+        if not payload:
+            self._waiting = None  # withdrawn before it started
+            return
+        task: Task = decode(payload, (TrainTask, EvaluateTask))
+        if task.task_id != self._newest_task:
+            return  # superseded while it sat in the queue
+        if task.task_id in self._results:
+            topic, report = self._results[task.task_id]
+            self._conn.publish(topic, report)  # delivered again after a reconnect: resend, do not retrain
+            return
+        self._start(task)
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def _start(self, task: Task) -> None:
+        model, current = self._model, self._global
+        if model is None or current is None or model.artifact_id != task.artifact_id or current[0] < task.model_version:
+            self._waiting = task  # the matching global model will follow on its retained topic
+            return
+        if current[0] != task.model_version:
+            self._finish(task, self._failure(task, "failed", f"task is for model version {task.model_version}, "
+                                                                f"the current global is {current[0]}"))
+            return
+        try:
+            self._check_continue(task)
+            model.trainer.set_weights(current[1])
+            if isinstance(task, TrainTask):
+                self._finish(task, self._train(task, model, current[1]))
+            else:
+                self._finish(task, self._evaluate(task, model))
+        except _Stopped as stop:
+            if stop.outcome == "withdrawn":
+                log.info("%s: task %s withdrawn by the coordinator", self.config.device_id, task.task_id)
+                return
+            self._finish(task, self._failure(task, stop.outcome, stop.reason))
+        except EdgeRuntimeError as exc:
+            self._finish(task, self._failure(task, "failed", str(exc)))
+
+    def _check_continue(self, task: Task) -> None:
+        if self._newest_task != task.task_id:
+            raise _Stopped("withdrawn", "withdrawn by the coordinator")
+        if time.time() > task.deadline:
+            raise _Stopped("failed", "the round's deadline passed")
+        decision = self.policy.check()
+        if not decision.eligible:
+            raise _Stopped("interrupted", "; ".join(decision.reasons) or "no longer eligible")
+
+    def _train(self, task: TrainTask, model: _Model, base: Weights) -> tuple[str, bytes]:
+        data = model.data
+        result = model.trainer.fit(data.x, data.y, epochs=task.epochs, lr=task.lr, seed=task.seed,
+                                   on_step=lambda step, loss: self._check_continue(task))
+        update, norm = clip(difference(model.trainer.get_weights(), base), task.clip_norm)
+        header = UpdateHeader(self.config.device_id, task.task_id, task.round, task.model_version,
+                              len(data), result.mean_loss, norm)
+        log.info("%s: round %d trained, loss %.4f, update norm %.3f (bound %.3f)", self.config.device_id,
+                 task.round, result.mean_loss, norm, task.clip_norm)
+        return self.topics.update(self.config.device_id), encode_tensors(header, update)
+
+    def _evaluate(self, task: EvaluateTask, model: _Model) -> tuple[str, bytes]:
+        result = model.trainer.evaluate(model.data.x, model.data.y)
+        report = EvaluationReport(self.config.device_id, task.task_id, task.round, task.model_version,
+                                  result.examples, result.loss * result.examples,
+                                  round(result.accuracy * result.examples))
+        return self.topics.report(self.config.device_id), encode(report)
+
+    def _failure(self, task: Task, outcome: str, reason: str) -> tuple[str, bytes]:
+        log.warning("%s: task %s %s: %s", self.config.device_id, task.task_id, outcome, reason)
+        kind: Literal["failed", "interrupted"] = "interrupted" if outcome == "interrupted" else "failed"
+        message = TaskFailed(self.config.device_id, task.task_id, task.round, kind, reason[:1000])
+        return self.topics.report(self.config.device_id), encode(message)
+
+    def _finish(self, task: Task, result: tuple[str, bytes]) -> None:
+        self._results = {task.task_id: result}
+        self._conn.publish(*result)
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def publish_status(self) -> None:
+        self._conn.publish(self.topics.status(self.config.device_id), encode(self._status(online=True)), retain=True)
+
+    def _status(self, online: bool) -> DeviceStatus:
+        decision = self.policy.check() if online else Decision(False, ("offline",))
+        if online and self._unusable:
+            decision = Decision(False, (self._unusable,))
+        elif online and (self._model is None or self._global is None):
+            decision = Decision(False, ("waiting for the model",))
+        model = self._model
+        return DeviceStatus(
+            self.config.device_id, online, decision.eligible, decision.reasons[:8],
+            examples=len(model.data) if model else 0, artifact_id=model.artifact_id if model else "",
+            model_version=self._global[0] if self._global else -1,
+            backend=model.trainer.backend.name if model else "", sent_at=time.time(),
+        )
+
+
+def _task_id(payload: bytes) -> str:
+    if not payload:
+        return ""
+    try:
+        task: Task = decode(payload, (TrainTask, EvaluateTask))
+    except ProtocolError:
+        return ""
+    return task.task_id
+

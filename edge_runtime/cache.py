@@ -1,0 +1,55 @@
+"""A device's artifact cache: one verified folder per artifact id (the sha256 of its manifest)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from edge_runtime.artifact import Artifact
+from edge_runtime.errors import ArtifactError
+from edge_runtime.manifest import MANIFEST_FILE
+from edge_runtime.protocol import artifact_id
+
+
+def default_cache_dir(device_id: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgefl" / "device" / device_id
+
+
+class ArtifactCache:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "artifacts"
+
+    def get(self, key: str) -> Artifact | None:
+        """The cached artifact ``key``, verified again; None if it is absent or no longer verifies."""
+        folder = self.root / key
+        if not folder.is_dir():
+            return None
+        try:
+            if artifact_id((folder / MANIFEST_FILE).read_bytes()) != key:
+                raise ArtifactError(folder, "manifest does not hash to the folder's id")
+            return Artifact.load(folder)
+        except (OSError, ArtifactError):
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+
+    def put(self, key: str, files: Mapping[str, bytes]) -> Artifact:
+        """Write the files of artifact ``key`` atomically and load them (which verifies every sha256)."""
+        if MANIFEST_FILE not in files or artifact_id(files[MANIFEST_FILE]) != key:
+            raise ArtifactError(None, f"artifact bundle {key} has no {MANIFEST_FILE} hashing to its id")
+        staging = self.root / f".{key}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
+        try:
+            Artifact.load(staging)
+        except ArtifactError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        target = self.root / key
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        return Artifact.load(target)

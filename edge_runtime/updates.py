@@ -1,0 +1,39 @@
+"""Model updates: the difference local - global, its L2 norm, and clipping to a norm bound.
+
+The device computes and clips an update here; the coordinator checks the same
+norm, so both sides agree on what "within the bound" means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from edge_runtime.weights import Weights
+
+# Relative slack when checking a clipped norm: float32 rounding after scaling can land just above the bound.
+NORM_TOLERANCE = 1e-5
+
+
+def difference(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> Weights:
+    """``local - base`` per tensor, in ``base``'s order, as float32."""
+    return {name: (np.asarray(local[name], np.float32) - value).astype(np.float32) for name, value in base.items()}
+
+
+def l2_norm(tensors: Mapping[str, np.ndarray]) -> float:
+    """The L2 norm of all tensors taken together, accumulated in float64."""
+    return math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64), t.ravel().astype(np.float64)))
+                         for t in tensors.values()))
+
+
+def clip(update: Mapping[str, np.ndarray], bound: float) -> tuple[Weights, float]:
+    """``update`` scaled down to L2 norm ``bound`` if it is longer; returns it and its norm before clipping."""
+    norm = l2_norm(update)
+    scale = 1.0 if norm <= bound else bound / norm
+    return {name: (value * np.float32(scale)).astype(np.float32) for name, value in update.items()}, norm
+
+
+def within_bound(update: Mapping[str, np.ndarray], bound: float) -> bool:
+    return l2_norm(update) <= bound * (1.0 + NORM_TOLERANCE)
