@@ -260,13 +260,13 @@ class Coordinator:
     def _on_update(self, device: str, payload: bytes, tally: Tally) -> None:
         header, tensors = decode_tensors(payload, UpdateHeader, self.limit)
         if self._round is None:
-            reason = LATE if header.round < self.state.next_round else NO_OPEN_ROUND
-            tally.rejected[reason] += 1
-            log.info("refused update from %s: %s (round %d)", device, reason, header.round)
+            closed = LATE if header.round < self.state.next_round else NO_OPEN_ROUND
+            tally.rejected[closed] += 1
+            log.info("refused update from %s: %s (round %d)", device, closed, header.round)
             return
-        reason = self._round.offer_update(device, device in self.registry, header, tensors)
-        if reason is not None:
-            log.warning("rejected update from %s for round %d: %s", device, header.round, reason)
+        refused = self._round.offer_update(device, device in self.registry, header, tensors)
+        if refused is not None:
+            log.warning("rejected update from %s for round %d: %s", device, header.round, refused)
 
     def _on_report(self, device: str, payload: bytes, tally: Tally) -> None:
         message: TaskFailed | EvaluationReport = decode(payload, (TaskFailed, EvaluationReport))
