@@ -18,6 +18,7 @@ import json
 import math
 import re
 import struct
+import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -230,12 +231,12 @@ def _json_object(payload: bytes, limit: int) -> dict[str, Any]:
     check_size(payload, limit)
     try:
         data = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(MALFORMED, f"not a UTF-8 JSON object: {exc}") from exc
     if not isinstance(data, dict):
         raise ProtocolError(MALFORMED, f"expected a JSON object, found {type(data).__name__}")
     version = data.get("protocol")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(WRONG_PROTOCOL, f"protocol {version!r}; expected {PROTOCOL_VERSION}")
     return data
 
@@ -262,6 +263,19 @@ def _build(cls: type[M], data: Mapping[str, Any]) -> M:
     return cls(**values)
 
 
+def _is_a(value: Any, hint: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if hint is int:  # a signed 64-bit integer, what a Kotlin client reads as Long
+        return isinstance(value, int) and -(2**63) <= value < 2**63
+    if hint is float:
+        return (isinstance(value, int) and abs(value) <= sys.float_info.max) or (
+            isinstance(value, float) and math.isfinite(value))
+    return hint is str and isinstance(value, str) and len(value) <= 1024
+
+
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
@@ -272,13 +286,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ProtocolError(MALFORMED, f"field {name!r} is {value!r}; expected a list of strings")
         return tuple(value)
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-        str: isinstance(value, str) and len(value) <= 1024,
-    }[hint]
-    if not ok:
+    if not _is_a(value, hint):
         raise ProtocolError(MALFORMED, f"field {name!r} is {value!r}; expected {hint.__name__}")
     return float(value) if hint is float else value
 
@@ -356,7 +364,7 @@ def decode_tensors(payload: bytes, expected: type[H], limit: int) -> tuple[H, We
 def _json_value(text: str, name: str) -> Any:
     try:
         return json.loads(text, parse_constant=_refuse_constant)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(MALFORMED, f"metadata {name!r} is {text!r}; expected a JSON number") from exc
 
 
@@ -370,7 +378,7 @@ def _safetensors_metadata(payload: bytes) -> dict[str, str]:
                                        f"{len(payload) - 8} follow; the payload is truncated")
     try:
         header = json.loads(payload[8: 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(MALFORMED, f"safetensors header is not JSON: {exc}") from exc
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
@@ -399,6 +407,8 @@ def unbundle_files(payload: bytes, limit: int) -> tuple[ArtifactHeader, dict[str
         if array.dtype != np.uint8 or array.ndim != 1:
             raise ProtocolError(MALFORMED, f"artifact file {name!r} is {array.dtype}{list(array.shape)}; "
                                            "expected a 1-D uint8 tensor")
+        if name in (".", ".."):
+            raise ProtocolError(MALFORMED, f"artifact file name {name!r} is not a file name")
         files[check_name(name, "artifact file name")] = array.tobytes()
     manifest = files.get(header.manifest_file)
     if manifest is None or artifact_id(manifest) != header.artifact_id:

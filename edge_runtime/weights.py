@@ -18,7 +18,8 @@ Weights = dict[str, np.ndarray]
 
 def weights_to_bytes(weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """``weights`` serialized as safetensors bytes."""
-    content: bytes = save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=dict(metadata or {}))
+    arrays = {k: np.require(v, requirements="C") for k, v in weights.items()}  # keeps 0-d tensors 0-d
+    content: bytes = save(arrays, metadata=dict(metadata or {}))
     return content
 
 
@@ -43,7 +44,7 @@ def weights_from_bytes(content: bytes, source: object = "payload") -> Weights:
     """Parse safetensors bytes (never pickle); a malformed payload raises ``WeightsError``."""
     try:
         return load(content)
-    except (SafetensorError, ValueError) as exc:
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:  # KeyError: a dtype numpy lacks (BF16)
         raise WeightsError(f"cannot parse safetensors from {source}: {exc}") from exc
 
 
