@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.errors import ConfigError
+from edge_runtime.errors import ProtocolError
 from edge_runtime.protocol import DEFAULT_FEDERATION, check_name
 
 if sys.version_info >= (3, 11):
@@ -65,7 +66,11 @@ class CoordinatorConfig:
         _want(self.eval_every >= 0, "eval-every", "an integer >= 0 (0: never)", self.eval_every)
         _want(self.max_payload is None or self.max_payload > 0, "max-payload", "bytes > 0", self.max_payload)
         _want(self.mqtt_version in ("auto", "5", "3.1.1"), "mqtt-version", "auto, 5 or 3.1.1", self.mqtt_version)
-        check_name(self.federation, "federation")
+        try:
+            check_name(self.federation, "federation")
+        except ProtocolError as exc:
+            raise ConfigError("configuration", "federation", "1-64 characters from A-Z a-z 0-9 _ . -",
+                              self.federation) from exc
 
 
 def _want(ok: bool, key: str, expected: str, found: object) -> None:
@@ -80,7 +85,8 @@ def key_of(name: str) -> str:
 def build_config(file: Path | None, overrides: Mapping[str, Any]) -> CoordinatorConfig:
     """Values from ``file`` (TOML), then ``overrides`` (flags given on the command line, None = not given)."""
     values: dict[str, Any] = _read_toml(file) if file is not None else {}
-    values.update({name: value for name, value in overrides.items() if value is not None and value is not False})
+    given = {name: value for name, value in overrides.items() if value is not None and value is not False}
+    values.update(given)
     for required in ("artifact", "state_dir"):
         if required not in values:
             raise ConfigError(str(file or "command line"), key_of(required),
@@ -88,7 +94,8 @@ def build_config(file: Path | None, overrides: Mapping[str, Any]) -> Coordinator
     try:
         return CoordinatorConfig(**values)
     except ConfigError as exc:
-        raise ConfigError(str(file or "command line"), exc.key, exc.expected, exc.found) from None
+        source = "command line" if file is None or exc.key.replace("-", "_") in given else str(file)
+        raise ConfigError(source, exc.key, exc.expected, exc.found) from None
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

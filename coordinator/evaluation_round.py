@@ -6,7 +6,14 @@ import math
 from collections import Counter
 
 from coordinator.evaluation import Metrics, combine
-from coordinator.rounds import BAD_METADATA, DUPLICATE, IDENTITY_MISMATCH, NOT_SELECTED, UNKNOWN_DEVICE
+from coordinator.rounds import (
+    BAD_METADATA,
+    DUPLICATE,
+    IDENTITY_MISMATCH,
+    NOT_SELECTED,
+    UNKNOWN_DEVICE,
+    WRONG_TASK,
+)
 from edge_runtime.protocol import EvaluateTask, EvaluationReport, TaskFailed
 
 
@@ -31,6 +38,8 @@ class EvaluationRound:
             reason = UNKNOWN_DEVICE
         elif sender not in self.selected:
             reason = NOT_SELECTED
+        elif message.task_id != self.task.task_id or message.round != self.task.round:
+            reason = WRONG_TASK
         elif sender in self._answered:
             reason = DUPLICATE
         elif isinstance(message, EvaluationReport) and not _plausible(message):

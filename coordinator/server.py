@@ -56,6 +56,7 @@ from edge_runtime.weights import Weights
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _POLL_S = 0.1
+SETTLE_S = 1.0  # after (re)connecting, time for the retained device statuses to arrive
 
 
 class Coordinator:
@@ -80,6 +81,7 @@ class Coordinator:
         self._round: OpenRound | None = None
         self._evaluation: EvaluationRound | None = None
         self._between = Tally()  # what arrives outside a round is reported with the next one
+        self._settled = False
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
         options = mqtt_options(config.broker, f"edgefl-coordinator-{config.federation}", config.username,
@@ -125,6 +127,10 @@ class Coordinator:
     def _wait_for_devices(self, stop: threading.Event) -> bool:
         self._publish_state("waiting")
         next_note = 0.0
+        settle = time.monotonic() + (0.0 if self._settled else SETTLE_S)
+        self._settled = True
+        while time.monotonic() < settle and not stop.is_set():  # let retained statuses arrive before choosing
+            self._pump(_POLL_S)
         while not stop.is_set():
             have = len(self.eligible())
             if have >= self.config.min_clients:
@@ -226,10 +232,19 @@ class Coordinator:
         self._inbox.put((topic, payload))
 
     def _pump(self, timeout: float) -> None:
+        """Handle the next message (waiting up to ``timeout``), then whatever else is already queued."""
         try:
-            topic, payload = self._inbox.get(timeout=timeout)
+            item = self._inbox.get(timeout=timeout)
         except queue.Empty:
             return
+        while True:
+            self._dispatch(*item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
         sender = self.topics.sender(topic)
         if sender is None:
             return

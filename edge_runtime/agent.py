@@ -256,8 +256,6 @@ class DeviceAgent:
         decision = self.policy.check() if online else Decision(False, ("offline",))
         if online and self._unusable:
             decision = Decision(False, (self._unusable,))
-        elif online and (self._model is None or self._global is None):
-            decision = Decision(False, ("waiting for the model",))
         model = self._model
         return DeviceStatus(
             self.config.device_id, online, decision.eligible, decision.reasons[:8],

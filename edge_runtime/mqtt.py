@@ -3,9 +3,11 @@
 paho-mqtt runs the network loop in a background thread and reconnects with
 backoff; on every (re)connect this module re-subscribes and calls the owner's
 ``on_connect`` so it can republish what the broker may have lost. MQTT v5 is
-tried first; a broker that answers "unsupported protocol version" (the
-embedded amqtt broker speaks 3.1.1) is used with 3.1.1, since the protocol
-relies on nothing v5-only.
+tried first; a broker that answers "unsupported protocol version", or
+accepts the TCP connection but never answers the v5 CONNECT (amqtt speaks
+only 3.1.1, and a v5 CONNECT carrying a will leaves it waiting for bytes
+that never come), is used with 3.1.1, since the protocol relies on nothing
+v5-only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], None]
 ProtocolChoice = Literal["auto", "5", "3.1.1"]
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK reason code (v5); paho maps the 3.1.1 refusal to it too
+V5_PROBE_S = 3.0  # in "auto", how long a reachable broker may leave a v5 CONNECT unanswered
 
 
 class TransportError(EdgeRuntimeError):
@@ -82,6 +85,7 @@ class MqttConnection:
         self._refused: str | None = None
         self._ever_connected = False
         self._closing = False
+        self._unreachable = False  # the last TCP connection attempt failed
         self._protocol: Literal["5", "3.1.1"] = "3.1.1" if options.protocol == "3.1.1" else "5"
         self._client: Any = None
 
@@ -98,15 +102,23 @@ class MqttConnection:
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Connect, waiting up to ``timeout_s`` for the first CONNACK; afterwards reconnects are automatic."""
+        started = time.monotonic()
         self._open()
-        if self._wait_connected(timeout_s) or self._refused != "protocol" or self.options.protocol != "auto":
+        if self.options.protocol != "auto":
+            self._wait_connected(timeout_s)
             self._raise_if_failed(timeout_s)
             return
-        log.info("%s speaks no MQTT v5; using 3.1.1", self.options.broker)
+        if self._wait_connected(min(V5_PROBE_S, timeout_s)):
+            return
+        if self._refused not in (None, "protocol") or self._unreachable:
+            self._wait_connected(timeout_s - (time.monotonic() - started))
+            self._raise_if_failed(timeout_s)
+            return
+        log.info("%s does not answer MQTT v5; using 3.1.1", self.options.broker)
         self._stop_client()
         self._protocol, self._refused = "3.1.1", None
         self._open()
-        self._wait_connected(timeout_s)
+        self._wait_connected(max(timeout_s - (time.monotonic() - started), 1.0))
         self._raise_if_failed(timeout_s)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
@@ -140,6 +152,7 @@ class MqttConnection:
         client.max_queued_messages_set(1000)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_message = self._handle_message
         self._client = client
         try:
@@ -178,6 +191,7 @@ class MqttConnection:
             if not self._ever_connected:
                 client.disconnect()  # a refusal at start-up is final; start() reports it
             return
+        self._unreachable = False
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected.set()
@@ -185,6 +199,9 @@ class MqttConnection:
         log.info("connected to %s as %s (MQTT %s)", self.options.broker, self.options.client_id, self._protocol)
         if self._on_connect is not None:
             self._on_connect()
+
+    def _handle_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._unreachable = True
 
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if self.connected.is_set() and not self._closing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,30 @@ def breast_cancer() -> tuple[Dataset, Dataset]:
     )
     return Dataset(x_tr, y_tr), Dataset(x_te, y_te)
 
+
+
+@dataclass(frozen=True)
+class FederationFiles:
+    artifact: Path
+    devices: tuple[Path, ...]
+    test: Path
+
+
+@pytest.fixture(scope="session")
+def federation_files(export: Exporter, digits: tuple[Dataset, Dataset],
+                     tmp_path_factory: pytest.TempPathFactory) -> FederationFiles:
+    """A digits MLP artifact, the training split cut into 6 IID device files, and the test split."""
+    from edge_runtime.manifest import Normalization, OptimizerConfig
+
+    spec = ModelSpec("mlp", (64,), 10, hidden=(32,), batch_size=16, optimizer=OptimizerConfig("sgd", 0.05),
+                     normalization=Normalization((0.0,), (16.0,)), name="digits-mlp")
+    folder = tmp_path_factory.mktemp("federation-data")
+    train, test = digits
+    flat = train.x.reshape(len(train.x), -1)
+    parts = np.array_split(np.random.default_rng(0).permutation(len(train.y)), 6)
+    devices = []
+    for i, idx in enumerate(parts):
+        np.savez(folder / f"device{i}.npz", x=flat[idx], y=train.y[idx])
+        devices.append(folder / f"device{i}.npz")
+    np.savez(folder / "test.npz", x=test.x.reshape(len(test.x), -1), y=test.y)
+    return FederationFiles(export(spec), tuple(devices), folder / "test.npz")
