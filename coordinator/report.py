@@ -11,7 +11,7 @@ from typing import Any
 
 from coordinator.checkpoint import ROUNDS_FILE
 from coordinator.evaluation import Metrics
-from coordinator.rounds import RoundOutcome, Tally
+from coordinator.rounds import LATE, RoundOutcome, Tally
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ def round_line(outcome: RoundOutcome, tally: Tally, duration_s: float, model_ver
         "interrupted": sum(tally.interrupted.values()),
         "dropped": outcome.no_answer if outcome.closed_by == "deadline" else 0,
         "cancelled": outcome.no_answer if outcome.closed_by != "deadline" else 0,
-        "rejected": dict(sorted(tally.rejected.items())),
+        "late": tally.rejected[LATE],  # over-selected devices finishing after the round closed: expected, not bad
+        "rejected": {reason: n for reason, n in sorted(tally.rejected.items()) if reason != LATE},
         "failure_reasons": dict(sorted((tally.failed + tally.interrupted).items())),
         "examples": outcome.examples,
         "train_loss": outcome.train_loss,

@@ -67,7 +67,9 @@ def test_every_bad_input_is_rejected_by_reason_and_the_model_is_untouched(federa
         watcher.close()
         clear_retained(SYSTEM_BROKER, federation)
 
+    late = expected.pop("late")
     assert line["rejected"] == dict(sorted(expected.items())), line["rejected"]
+    assert line["late"] == late
     assert (line["status"], line["reported"], line["closed_by"]) == ("abandoned", 1, "deadline")
     assert line["model_version"] == 0
     assert global_after == global_before
