@@ -19,7 +19,8 @@ class Metrics:
     loss: float
     accuracy: float
     examples: int
-    devices: int = 0
+    devices: int = 0  # federated evaluation: devices that reported
+    failed: int = 0  # federated evaluation: devices that said they could not evaluate
 
 
 class TestSetEvaluator:

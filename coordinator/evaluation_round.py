@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 
 from coordinator.evaluation import Metrics, combine
 from coordinator.rounds import (
@@ -55,7 +56,8 @@ class EvaluationRound:
         return None
 
     def metrics(self) -> Metrics | None:
-        return combine(self._reports.values())
+        combined = combine(self._reports.values())
+        return replace(combined, failed=self.failed) if combined is not None else None
 
 
 def _plausible(report: EvaluationReport) -> bool:

@@ -80,7 +80,7 @@ class Coordinator:
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._round: OpenRound | None = None
         self._evaluation: EvaluationRound | None = None
-        self._between = Tally()  # what arrives outside a round is reported with the next one
+        self._tally = Tally()  # counts for the next round line: that round, its evaluation, and the wait before it
         self._settled = False
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
@@ -127,10 +127,12 @@ class Coordinator:
     def _wait_for_devices(self, stop: threading.Event) -> bool:
         self._publish_state("waiting")
         next_note = 0.0
-        settle = time.monotonic() + (0.0 if self._settled else SETTLE_S)
-        self._settled = True
-        while time.monotonic() < settle and not stop.is_set():  # let retained statuses arrive before choosing
-            self._pump(_POLL_S)
+        if not self._settled:
+            settle = time.monotonic() + SETTLE_S
+            while time.monotonic() < settle and not stop.is_set():  # let retained statuses arrive before choosing
+                self._pump(_POLL_S)
+            self._withdraw_tasks(frozenset(self.registry))  # tasks a crashed predecessor left retained
+            self._settled = True
         while not stop.is_set():
             have = len(self.eligible())
             if have >= self.config.min_clients:
@@ -148,7 +150,7 @@ class Coordinator:
         started, number = time.monotonic(), self.state.next_round
         plan = self._plan(number)
         self._round = current = OpenRound(plan, self.weights, self.artifact.manifest.weights, self.strategy)
-        current.tally, self._between = self._between, Tally()
+        current.tally = self._tally
         lr = self.config.lr if self.config.lr is not None else self.artifact.manifest.optimizer.learning_rate
         for device in sorted(plan.selected):
             seed = _task_seed(self.config.seed, number, device)
@@ -200,6 +202,7 @@ class Coordinator:
             federated = self._evaluate_on_devices(outcome.plan.number, stop)
         self._log.write(round_line(outcome, tally, time.monotonic() - started, self.state.model_version,
                                    test, federated))
+        self._tally = Tally()
 
     def _withdraw_tasks(self, devices: frozenset[str]) -> None:
         for device in sorted(devices):
@@ -223,7 +226,7 @@ class Coordinator:
         self._collect(stop, task.deadline, lambda: evaluation.all_answered)
         self._evaluation = None
         self._withdraw_tasks(frozenset(chosen))
-        self._between.rejected.update(evaluation.rejected)
+        self._tally.rejected.update(evaluation.rejected)
         return evaluation.metrics()
 
     # -- incoming messages ------------------------------------------------------------------------
@@ -249,7 +252,7 @@ class Coordinator:
         if sender is None:
             return
         kind, device = sender
-        tally = self._round.tally if self._round is not None else self._between
+        tally = self._tally
         tally.bytes_in += len(payload)
         try:
             if kind == "status":
@@ -314,7 +317,7 @@ class Coordinator:
                 self._retained[topic] = payload
             else:
                 self._retained.pop(topic, None)
-        tally = self._round.tally if self._round is not None else self._between
+        tally = self._tally
         tally.bytes_out += len(payload)
         self._conn.publish(topic, payload, retain=True)
 

@@ -246,6 +246,7 @@ class DeviceAgent:
     def _finish(self, task: Task, result: tuple[str, bytes]) -> None:
         self._results = {task.task_id: result}
         self._conn.publish(*result)
+        self.publish_status()  # eligibility may have changed while it worked (an interrupted task)
 
     # -- status -----------------------------------------------------------------------------------
 

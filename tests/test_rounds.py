@@ -443,7 +443,7 @@ def test_an_evaluation_round_combines_the_reports_it_accepted() -> None:
     assert evaluation.offer("c", True, TaskFailed("c", "e5", 5, "interrupted", "on_battery")) is None
     assert evaluation.all_answered
     assert evaluation.failed == 1
-    assert evaluation.metrics() == Metrics(0.2, 0.725, 40, 2)
+    assert evaluation.metrics() == Metrics(0.2, 0.725, 40, 2, failed=1)
     assert evaluation.rejected == Counter()
 
 
