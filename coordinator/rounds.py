@@ -69,7 +69,7 @@ class Tally:
 class RoundOutcome:
     plan: RoundPlan
     status: Literal["committed", "abandoned"]
-    closed_by: Literal["goal", "deadline", "stopped"]
+    closed_by: Literal["goal", "all_answered", "deadline", "stopped"]
     reported: int
     examples: int
     train_loss: float | None
@@ -150,7 +150,7 @@ class OpenRound:
             return DUPLICATE
         return None
 
-    def close(self, closed_by: Literal["goal", "deadline", "stopped"]) -> RoundOutcome:
+    def close(self, closed_by: Literal["goal", "all_answered", "deadline", "stopped"]) -> RoundOutcome:
         commit = self.reported >= self.plan.min_reports and closed_by != "stopped"
         weights = self._strategy.apply(self._global, self._state) if commit else None
         return RoundOutcome(

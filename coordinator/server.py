@@ -158,8 +158,8 @@ class Coordinator:
                              self.config.local_epochs, lr, self.config.clip_norm, seed)
             self._publish_retained(self.topics.task(device), encode(task))
         self._publish_state("training")
-        closed_by = self._collect(stop, plan.deadline, lambda: current.goal_reached or current.all_answered)
-        outcome = current.close("goal" if current.goal_reached else closed_by)
+        ended = self._collect(stop, plan.deadline, lambda: current.goal_reached or current.all_answered)
+        outcome = current.close("goal" if current.goal_reached else "all_answered" if ended == "done" else ended)
         self._withdraw_tasks(plan.selected)
         self._round = None
         if outcome.closed_by == "stopped":
@@ -176,14 +176,14 @@ class Coordinator:
                          self.clock() + self.config.round_timeout)
 
     def _collect(self, stop: threading.Event, deadline: float, done: Callable[[], bool]) -> Literal[
-            "deadline", "stopped", "goal"]:
+            "deadline", "stopped", "done"]:
         while not done():
             if stop.is_set():
                 return "stopped"
             if self.clock() >= deadline:
                 return "deadline"
             self._pump(_POLL_S)
-        return "goal"
+        return "done"
 
     def _finish_round(self, outcome: RoundOutcome, tally: Tally, started: float, stop: threading.Event) -> None:
         committed = outcome.status == "committed" and outcome.weights is not None
