@@ -36,11 +36,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from bench_markdown import (  # bench/bench_markdown.py: run as `python bench/<script>.py`
+    cpu_name,
+    ok,
+    package_version,
+    update_section,
+)
 
 if TYPE_CHECKING:
     from model_export.spec import ModelSpec
@@ -234,20 +239,11 @@ def summarize(config: Config, device: dict[str, Any], keras: dict[str, Any],
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_name()
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "packages": {p: _version(p) for p in PACKAGES}}
+            "python": platform.python_version(), "packages": {p: package_version(p) for p in PACKAGES}}
 
 
-def _version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 # ---------------------------------------------------------------- parent: reporting
@@ -275,8 +271,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              "| --- | ---: | ---: | --- | --- | --- |"]
     for key, c in report["configs"].items():
         t = c["targets"]
-        lines.append(f"| {key} | {c['params']:,} | {c['batch']} | {c['speedup']:.1f}x {_ok(t['speedup_holds'])} "
-                     f"| {c['speedup_all_cores']:.1f}x | {c['rss_ratio']:.2f} {_ok(t['rss_ratio_holds'])} |")
+        lines.append(f"| {key} | {c['params']:,} | {c['batch']} | {c['speedup']:.1f}x {ok(t['speedup_holds'])} "
+                     f"| {c['speedup_all_cores']:.1f}x | {c['rss_ratio']:.2f} {ok(t['rss_ratio_holds'])} |")
     for key, c in report["configs"].items():
         lines += ["", *render_config(key, c)]
     return "\n".join([*lines, END])
@@ -285,13 +281,13 @@ def render_markdown(report: dict[str, Any]) -> str:
 def render_config(key: str, c: dict[str, Any]) -> list[str]:
     d, k, t = c["device"], c["keras"], c["targets"]
     rows = [("median step (ms)", f"{d['median_ms']:.3f}", f"{k['median_ms']:.3f}",
-             f"speed-up {c['speedup']:.1f}x, target ≥ 3x: {_ok(t['speedup_holds'])}"),
+             f"speed-up {c['speedup']:.1f}x, target ≥ 3x: {ok(t['speedup_holds'])}"),
             ("p90 step (ms)", f"{d['p90_ms']:.3f}", f"{k['p90_ms']:.3f}", ""),
             (f"median step, device on {c['device_all_cores']['threads']} threads (ms)",
              f"{c['device_all_cores']['median_ms']:.3f}", f"{k['median_ms']:.3f}",
              f"speed-up {c['speedup_all_cores']:.1f}x"),
             ("peak RSS (MB)", f"{d['peak_rss_mb']:.0f}", f"{k['peak_rss_mb']:.0f}",
-             f"{c['rss_ratio']:.2f}, target ≤ 0.2: {_ok(t['rss_ratio_holds'])}"),
+             f"{c['rss_ratio']:.2f}, target ≤ 0.2: {ok(t['rss_ratio_holds'])}"),
             ("start-up + import + load (s)", f"{d['startup_s']:.2f}", f"{k['startup_s']:.2f}", ""),
             ("first step, excluded (ms)", f"{d['first_step_ms']:.1f}", f"{k['first_step_ms']:.1f}", ""),
             ("mean loss over all steps", f"{d['mean_loss']:.4f}", f"{k['mean_loss']:.4f}",
@@ -304,19 +300,7 @@ def render_config(key: str, c: dict[str, Any]) -> list[str]:
             *(f"| {a} | {b} | {e} | {r} |" for a, b, e, r in rows)]
 
 
-def _ok(holds: bool) -> str:
-    return "**pass**" if holds else "**MISS**"
 
-
-def update_markdown(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (between the markers), keeping everything else."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -366,7 +350,7 @@ def main() -> int:
     report = run_all(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    update_markdown(args.markdown, render_markdown(report))
+    update_section(args.markdown, render_markdown(report), START, END)
     print(f"wrote {args.out} and {args.markdown}")
     return 0
 

@@ -14,6 +14,7 @@ class WeightedSum:
 
     def __init__(self, template: Mapping[str, np.ndarray]) -> None:
         self._sums = {name: np.zeros(np.shape(value), np.float64) for name, value in template.items()}
+        self._scratch = {name: np.empty_like(total) for name, total in self._sums.items()}
         self.total_weight = 0.0
         self.count = 0
 
@@ -21,7 +22,9 @@ class WeightedSum:
         if weight <= 0:
             raise ValueError(f"weight must be > 0, got {weight}")
         for name, total in self._sums.items():
-            total += np.asarray(tensors[name], np.float64) * weight
+            scratch = self._scratch[name]
+            np.multiply(tensors[name], weight, out=scratch, dtype=np.float64)  # no per-update allocation
+            total += scratch
         self.total_weight += weight
         self.count += 1
 

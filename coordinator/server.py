@@ -56,6 +56,7 @@ from edge_runtime.weights import Weights
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _POLL_S = 0.1
+INBOX_LIMIT = 8  # messages waiting for the coordinator's thread (at most this many updates held at once)
 SETTLE_S = 1.0  # after (re)connecting, time for the retained device statuses to arrive
 
 
@@ -77,7 +78,9 @@ class Coordinator:
         self.registry: dict[str, DeviceStatus] = {}
         self._log = RoundLog(config.state_dir, on_round)
         self._evaluator = TestSetEvaluator(self.artifact, config.test_data) if config.test_data else None
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        # Bounded: when updates arrive faster than they are checked, paho's thread waits here, the socket
+        # stops being read and the broker holds the rest; memory stays O(model), not O(devices x model).
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=INBOX_LIMIT)
         self._round: OpenRound | None = None
         self._evaluation: EvaluationRound | None = None
         self._tally = Tally()  # counts for the next round line: that round, its evaluation, and the wait before it

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ class MqttConnection:
         self._ever_connected = False
         self._closing = False
         self._unreachable = False  # the last TCP connection attempt failed
+        self._pending: deque[Any] = deque()  # paho MessageInfo of publishes, oldest first, pruned as acknowledged
+        self._pending_lock = threading.Lock()
         self._protocol: Literal["5", "3.1.1"] = "3.1.1" if options.protocol == "3.1.1" else "5"
         self._client: Any = None
 
@@ -126,9 +129,31 @@ class MqttConnection:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (0, 4):  # 4 = not connected: queued for after the reconnect
             raise TransportError(f"publish to {topic} failed with paho error code {info.rc}")
+        with self._pending_lock:
+            while self._pending and self._pending[0].is_published():
+                self._pending.popleft()
+            self._pending.append(info)
 
-    def close(self) -> None:
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every publish so far reached the broker (QoS 1: acknowledged); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._pending_lock:
+            pending, self._pending = list(self._pending), deque()
+        for info in pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.connected.is_set():
+                return False
+            try:
+                info.wait_for_publish(remaining)
+            except (RuntimeError, ValueError):
+                return False
+        return all(info.is_published() for info in pending)
+
+    def close(self, flush_timeout_s: float = 10.0) -> None:
+        """Disconnect, after waiting up to ``flush_timeout_s`` for queued publishes to reach the broker."""
         if self._client is not None:
+            if self.connected.is_set() and not self.flush(flush_timeout_s):
+                log.warning("closing with publishes the broker has not acknowledged")
             self._closing = True
             self._client.disconnect()
             self._stop_client()
@@ -149,7 +174,7 @@ class MqttConnection:
         if self._will is not None:
             client.will_set(self._will[0], self._will[1], qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.max_queued_messages_set(1000)
+        client.max_queued_messages_set(0)  # no cap: a round publishes one task per selected device at once
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_connect_fail = self._handle_connect_fail

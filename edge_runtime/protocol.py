@@ -250,9 +250,19 @@ def check_size(payload: bytes, limit: int) -> None:
         raise ProtocolError(OVERSIZED, f"payload of {len(payload)} bytes exceeds the limit of {limit} bytes")
 
 
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    """The resolved field types of a message class (resolved once; get_type_hints is slow)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def _build(cls: type[M], data: Mapping[str, Any]) -> M:
     """Build dataclass ``cls`` from ``data``, checking every field's type; unknown keys are ignored."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     values: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name not in data:
@@ -347,7 +357,7 @@ def decode_tensors(payload: bytes, expected: type[H], limit: int) -> tuple[H, We
     kind = metadata.get("kind")
     if _BINARY.get(kind or "") is not expected:
         raise ProtocolError(MALFORMED, f"message kind {kind!r}; expected {kind_of(expected)!r}")
-    hints = typing.get_type_hints(expected)
+    hints = _hints(expected)
     data: dict[str, Any] = {}
     for name, text in metadata.items():
         if name in hints:

@@ -24,8 +24,9 @@ def difference(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) 
 
 def l2_norm(tensors: Mapping[str, np.ndarray]) -> float:
     """The L2 norm of all tensors taken together, accumulated in float64."""
-    return math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64), t.ravel().astype(np.float64)))
-                         for t in tensors.values()))
+    # einsum accumulates in float64 without materialising float64 copies of the tensors.
+    return math.sqrt(sum(float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+                         for flat in (np.ravel(t) for t in tensors.values())))
 
 
 def clip(update: Mapping[str, np.ndarray], bound: float) -> tuple[Weights, float]:
