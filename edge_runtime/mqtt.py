@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], None]
 ProtocolChoice = Literal["auto", "5", "3.1.1"]
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK reason code (v5); paho maps the 3.1.1 refusal to it too
+# paho return codes of a publish made while the link is down (no connection / connection lost): QoS 1
+# messages stay queued and go out after the reconnect.
+_QUEUED_FOR_RECONNECT = (4, 7)
 V5_PROBE_S = 3.0  # in "auto", how long a reachable broker may leave a v5 CONNECT unanswered
 
 
@@ -127,10 +130,10 @@ class MqttConnection:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
         """Queue a publish; paho delivers QoS 1 messages after a reconnect if the link is down now."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in (0, 4):  # 4 = not connected: queued for after the reconnect
+        if info.rc not in _QUEUED_FOR_RECONNECT and info.rc != 0:
             raise TransportError(f"publish to {topic} failed with paho error code {info.rc}")
         with self._pending_lock:
-            while self._pending and self._pending[0].is_published():
+            while self._pending and _settled(self._pending[0]):
                 self._pending.popleft()
             self._pending.append(info)
 
@@ -147,7 +150,7 @@ class MqttConnection:
                 info.wait_for_publish(remaining)
             except (RuntimeError, ValueError):
                 return False
-        return all(info.is_published() for info in pending)
+        return all(_settled(info) for info in pending)
 
     def close(self, flush_timeout_s: float = 10.0) -> None:
         """Disconnect, after waiting up to ``flush_timeout_s`` for queued publishes to reach the broker."""
@@ -235,3 +238,11 @@ class MqttConnection:
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
         self._on_message(message.topic, bytes(message.payload))
+
+
+def _settled(info: Any) -> bool:
+    """Whether a publish needs no more waiting: acknowledged, or failed for good (paho raises then)."""
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):
+        return True
