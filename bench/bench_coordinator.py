@@ -82,7 +82,7 @@ MB = 1e6
 SAMPLE_S = 0.05
 PACED_SHARE = 0.5  # paced runs send at this share of the measured coordinator ingest rate
 STAGES = ("decode_tensors: safetensors header, metadata, parse into numpy (protocol.py)",
-          "_finite_or_raise + check_weights: isfinite twice, names, shapes, dtypes",
+          "has_non_finite + check_weights: isfinite twice, names, shapes, dtypes",
           "within_bound: L2 norm, einsum accumulating in float64 (updates.py)",
           "FedAvg.accumulate: weight x update into a float64 scratch buffer, added (aggregate.py)")
 
@@ -558,7 +558,7 @@ def make_update(specs: Iterable[Any], norm: float, seed: int = 0) -> dict[str, n
 def stage_times(artifact: Path, update: dict[str, np.ndarray], reps: int) -> dict[str, Any]:
     """Each step of the coordinator's per-update path, timed in this process on the same payload (median ms)."""
     from coordinator.fedavg import FedAvg
-    from coordinator.rounds import OpenRound, RoundPlan, _finite_or_raise
+    from coordinator.rounds import OpenRound, RoundPlan, has_non_finite
     from edge_runtime.artifact import Artifact
     from edge_runtime.protocol import UpdateHeader, decode_tensors, encode_tensors, tensor_payload_limit
     from edge_runtime.updates import l2_norm, within_bound
@@ -576,7 +576,9 @@ def stage_times(artifact: Path, update: dict[str, np.ndarray], reps: int) -> dic
         t0 = time.perf_counter()
         _header, tensors = decode_tensors(payload, UpdateHeader, limit)
         t1 = time.perf_counter()
-        checked = check_weights(_finite_or_raise(tensors), specs)
+        if has_non_finite(tensors):
+            raise SystemExit("the benchmark's own update holds NaN or Inf")
+        checked = check_weights(tensors, specs)
         t2 = time.perf_counter()
         if not within_bound(checked, CLIP_NORM):
             raise SystemExit("the benchmark's own update is over the clip bound")
@@ -605,7 +607,7 @@ def profile_summary(path: Path, updates: int) -> dict[str, Any]:
     stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
     wanted = [("server.py", "_dispatch"), ("server.py", "_on_update"), ("protocol.py", "decode_tensors"),
               ("weights.py", "weights_from_bytes"), ("rounds.py", "offer_update"), ("rounds.py", "_check_tensors"),
-              ("weights.py", "check_weights"), ("rounds.py", "_finite_or_raise"), ("updates.py", "within_bound"),
+              ("weights.py", "check_weights"), ("rounds.py", "has_non_finite"), ("updates.py", "within_bound"),
               ("aggregate.py", "add"), ("server.py", "_on_status"), ("server.py", "_finish_round"),
               ("checkpoint.py", "save_checkpoint"), ("server.py", "_publish_global")]
     functions: dict[str, Any] = {}

@@ -79,9 +79,9 @@ class RoundOutcome:
 
 class OpenRound:
     def __init__(self, plan: RoundPlan, global_weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...],
-                 strategy: FedAvg) -> None:
+                 strategy: FedAvg, tally: Tally | None = None) -> None:
         self.plan = plan
-        self.tally = Tally()
+        self.tally = tally if tally is not None else Tally()
         self._global = global_weights
         self._specs = specs
         self._strategy = strategy
@@ -162,10 +162,10 @@ class OpenRound:
 
 def _check_tensors(tensors: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...],
                    clip_norm: float) -> tuple[str | None, Weights]:
-    try:
-        checked = check_weights(_finite_or_raise(tensors), specs)
-    except _NonFinite:
+    if has_non_finite(tensors):  # before check_weights, which would refuse NaN too but under another reason
         return NON_FINITE, {}
+    try:
+        checked = check_weights(tensors, specs)
     except WeightsError:
         return BAD_TENSORS, {}
     if not within_bound(checked, clip_norm):
@@ -173,12 +173,6 @@ def _check_tensors(tensors: Mapping[str, np.ndarray], specs: tuple[WeightSpec, .
     return None, checked
 
 
-class _NonFinite(Exception):
-    pass
-
-
-def _finite_or_raise(tensors: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-    for value in tensors.values():
-        if np.asarray(value).dtype.kind == "f" and not np.all(np.isfinite(value)):
-            raise _NonFinite
-    return tensors
+def has_non_finite(tensors: Mapping[str, np.ndarray]) -> bool:
+    """Whether any floating-point tensor holds NaN or Inf."""
+    return any(np.asarray(value).dtype.kind == "f" and not np.all(np.isfinite(value)) for value in tensors.values())

@@ -152,8 +152,8 @@ class Coordinator:
     def _train_round(self, stop: threading.Event) -> None:
         started, number = time.monotonic(), self.state.next_round
         plan = self._plan(number)
-        self._round = current = OpenRound(plan, self.weights, self.artifact.manifest.weights, self.strategy)
-        current.tally = self._tally
+        self._round = current = OpenRound(plan, self.weights, self.artifact.manifest.weights, self.strategy,
+                                          self._tally)
         lr = self.config.lr if self.config.lr is not None else self.artifact.manifest.optimizer.learning_rate
         for device in sorted(plan.selected):
             seed = _task_seed(self.config.seed, number, device)
@@ -167,16 +167,19 @@ class Coordinator:
         self._round = None
         if outcome.closed_by == "stopped":
             return
-        self._finish_round(outcome, current.tally, started, stop)
+        self._finish_round(outcome, started, stop)
 
     def _plan(self, number: int) -> RoundPlan:
+        eligible, goal, chosen = self._choose(self.config.min_clients, self.config.seed, number)
+        return RoundPlan(number, secrets.token_hex(8), self.state.model_version, chosen, eligible, goal,
+                         self.config.min_reports, self.config.clip_norm, self.clock() + self.config.round_timeout)
+
+    def _choose(self, min_clients: int, seed: int, number: int) -> tuple[int, int, frozenset[str]]:
+        """Eligible count, goal and the over-selected devices for round ``number``."""
         eligible = self.eligible()
-        goal = goal_count(len(eligible), self.config.fraction, self.config.min_clients)
-        chosen = select(eligible, selection_size(len(eligible), goal, self.config.over_select), self.config.seed,
-                        number)
-        return RoundPlan(number, secrets.token_hex(8), self.state.model_version, frozenset(chosen), len(eligible),
-                         goal, self.config.min_reports, self.config.clip_norm,
-                         self.clock() + self.config.round_timeout)
+        goal = goal_count(len(eligible), self.config.fraction, min_clients)
+        count = selection_size(len(eligible), goal, self.config.over_select)
+        return len(eligible), goal, frozenset(select(eligible, count, seed, number))
 
     def _collect(self, stop: threading.Event, deadline: float, done: Callable[[], bool]) -> Literal[
             "deadline", "stopped", "done"]:
@@ -188,9 +191,9 @@ class Coordinator:
             self._pump(_POLL_S)
         return "done"
 
-    def _finish_round(self, outcome: RoundOutcome, tally: Tally, started: float, stop: threading.Event) -> None:
-        committed = outcome.status == "committed" and outcome.weights is not None
-        if committed and outcome.weights is not None:
+    def _finish_round(self, outcome: RoundOutcome, started: float, stop: threading.Event) -> None:
+        committed = outcome.weights is not None  # a round carries new weights exactly when it committed
+        if outcome.weights is not None:
             self.weights = outcome.weights
         self.state = replace(self.state, next_round=outcome.plan.number + 1,
                              model_version=self.state.model_version + int(committed),
@@ -203,7 +206,7 @@ class Coordinator:
         every = self.config.eval_every
         if committed and every and outcome.plan.number % every == 0:
             federated = self._evaluate_on_devices(outcome.plan.number, stop)
-        self._log.write(round_line(outcome, tally, time.monotonic() - started, self.state.model_version,
+        self._log.write(round_line(outcome, self._tally, time.monotonic() - started, self.state.model_version,
                                    test, federated))
         self._tally = Tally()
 
@@ -214,21 +217,18 @@ class Coordinator:
     # -- federated evaluation ---------------------------------------------------------------------
 
     def _evaluate_on_devices(self, number: int, stop: threading.Event) -> Metrics | None:
-        eligible = self.eligible()
-        if not eligible:
+        if not self.eligible():
             return None
-        goal = goal_count(len(eligible), self.config.fraction, 1)
-        chosen = select(eligible, selection_size(len(eligible), goal, self.config.over_select),
-                        self.config.seed + 1, number)
+        _, _, chosen = self._choose(1, self.config.seed + 1, number)
         task = EvaluateTask(secrets.token_hex(8), number, self.state.model_version, self.artifact_id,
                             self.clock() + self.config.round_timeout)
-        self._evaluation = evaluation = EvaluationRound(task, frozenset(chosen))
-        for device in chosen:
+        self._evaluation = evaluation = EvaluationRound(task, chosen)
+        for device in sorted(chosen):
             self._publish_retained(self.topics.task(device), encode(task))
         self._publish_state("evaluating")
         self._collect(stop, task.deadline, lambda: evaluation.all_answered)
         self._evaluation = None
-        self._withdraw_tasks(frozenset(chosen))
+        self._withdraw_tasks(chosen)
         self._tally.rejected.update(evaluation.rejected)
         return evaluation.metrics()
 
@@ -255,18 +255,17 @@ class Coordinator:
         if sender is None:
             return
         kind, device = sender
-        tally = self._tally
-        tally.bytes_in += len(payload)
+        self._tally.bytes_in += len(payload)
         try:
             if kind == "status":
                 self._on_status(device, payload)
             elif kind == "update":
-                self._on_update(device, payload, tally)
+                self._on_update(device, payload)
             else:
-                self._on_report(device, payload, tally)
+                self._on_report(device, payload)
         except ProtocolError as exc:
             reason = BAD_STATUS if kind == "status" else exc.reason
-            tally.rejected[reason] += 1
+            self._tally.rejected[reason] += 1
             log.warning("rejected %s from %s: %s (%s)", kind, device, reason, exc.problem)
 
     def _on_status(self, device: str, payload: bytes) -> None:
@@ -278,18 +277,16 @@ class Coordinator:
             raise ProtocolError("identity_mismatch", f"status names device {status.device_id!r}")
         self.registry[device] = status
 
-    def _on_update(self, device: str, payload: bytes, tally: Tally) -> None:
+    def _on_update(self, device: str, payload: bytes) -> None:
         header, tensors = decode_tensors(payload, UpdateHeader, self.limit)
         if self._round is None:
-            closed = LATE if header.round < self.state.next_round else NO_OPEN_ROUND
-            tally.rejected[closed] += 1
-            log.info("refused update from %s: %s (round %d)", device, closed, header.round)
+            log.info("refused update from %s: %s (round %d)", device, self._no_round(header.round), header.round)
             return
         refused = self._round.offer_update(device, device in self.registry, header, tensors)
         if refused is not None:
             log.warning("rejected update from %s for round %d: %s", device, header.round, refused)
 
-    def _on_report(self, device: str, payload: bytes, tally: Tally) -> None:
+    def _on_report(self, device: str, payload: bytes) -> None:
         message: TaskFailed | EvaluationReport = decode(payload, (TaskFailed, EvaluationReport))
         known = device in self.registry
         evaluation = self._evaluation
@@ -298,10 +295,15 @@ class Coordinator:
         elif isinstance(message, TaskFailed) and self._round is not None:
             reason = self._round.offer_failure(device, known, message)
         else:
-            reason = LATE if message.round < self.state.next_round else NO_OPEN_ROUND
-            tally.rejected[reason] += 1
+            reason = self._no_round(message.round)
         if reason is not None:
             log.warning("rejected report from %s: %s", device, reason)
+
+    def _no_round(self, round_number: int) -> str:
+        """Count a message for a round that is not open: late if that round has closed."""
+        reason = LATE if round_number < self.state.next_round else NO_OPEN_ROUND
+        self._tally.rejected[reason] += 1
+        return reason
 
     # -- outgoing messages ------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ class AgentConfig:
 
 
 class _Stopped(Exception):
-    """Raised between training steps to abandon a task; carries the report to send (None: withdrawn)."""
+    """Raised between training steps to abandon a task: ``outcome`` is withdrawn, failed or interrupted."""
 
     def __init__(self, outcome: str, reason: str) -> None:
         super().__init__(reason)

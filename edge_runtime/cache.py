@@ -45,11 +45,11 @@ class ArtifactCache:
         for name, content in files.items():
             (staging / name).write_bytes(content)
         try:
-            Artifact.load(staging)
+            staged = Artifact.load(staging)  # verifies every sha256 before the folder becomes visible
         except ArtifactError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         target = self.root / key
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
-        return Artifact.load(target)
+        return Artifact(target, staged.manifest)

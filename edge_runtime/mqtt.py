@@ -130,7 +130,7 @@ class MqttConnection:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
         """Queue a publish; paho delivers QoS 1 messages after a reconnect if the link is down now."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in _QUEUED_FOR_RECONNECT and info.rc != 0:
+        if info.rc != 0 and info.rc not in _QUEUED_FOR_RECONNECT:
             raise TransportError(f"publish to {topic} failed with paho error code {info.rc}")
         with self._pending_lock:
             while self._pending and _settled(self._pending[0]):

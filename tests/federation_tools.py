@@ -206,3 +206,11 @@ class LineReader:
             return self.lines.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no round line within {timeout} s") from None
+
+
+def round_lines(proc: subprocess.Popen[str], count: int, timeout: float) -> list[dict[str, Any]]:
+    """The next ``count`` round lines of a coordinator process, which must then exit with 0."""
+    reader = LineReader(proc)
+    lines = [reader.next(timeout) for _ in range(count)]
+    assert proc.wait(30) == 0
+    return lines

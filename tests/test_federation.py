@@ -23,6 +23,7 @@ from tests.federation_tools import (
     edgefl,
     free_port,
     port_open,
+    round_lines,
     start,
     start_device,
     stop,
@@ -79,16 +80,11 @@ def rounds_file(folder: Path) -> list[dict[str, Any]]:
 
 def test_five_device_processes_learn_over_five_rounds(federation_files: FederationFiles, tmp_path: Path,
                                                       federation: str) -> None:
-    fleet = devices(federation_files, tmp_path, federation, SYSTEM_BROKER, 5)
+    devices(federation_files, tmp_path, federation, SYSTEM_BROKER, 5)
     coord = start(coordinator(federation_files, tmp_path, federation, SYSTEM_BROKER, "--rounds", "5",
                               "--fraction", "0.6", "--min-clients", "3", "--min-reports", "2",
                               "--round-timeout", "30", "--eval-every", "5"), tmp_path / "coordinator.log")
-    try:
-        reader = LineReader(coord)
-        lines = [reader.next(90) for _ in range(5)]
-        assert coord.wait(30) == 0
-    finally:
-        stop([coord, *fleet])
+    lines = round_lines(coord, 5, 90)
     assert [line["round"] for line in lines] == [1, 2, 3, 4, 5]
     assert all(line["status"] == "committed" and line["reported"] >= 3 for line in lines), lines
     assert all(line["selected"] == 4 and line["goal"] == 3 for line in lines[1:])  # 0.6 x 5 = 3, x 1.3 -> 4
@@ -113,12 +109,9 @@ def test_a_device_killed_mid_round_does_not_stall_it(federation_files: Federatio
     try:
         watcher.wait_for(f"edgefl/{federation}/devices/d4/task", timeout=60)
         fleet[4].send_signal(signal.SIGKILL)
-        reader = LineReader(coord)
-        first, second = reader.next(60), reader.next(60)
-        assert coord.wait(30) == 0
+        first, second = round_lines(coord, 2, 60)
     finally:
         watcher.close()
-        stop([coord, *fleet])
     assert first["status"] == "committed" and first["closed_by"] == "deadline", first
     assert (first["selected"], first["reported"], first["dropped"]) == (5, 4, 1)
     assert first["duration_s"] < timeout + 5
@@ -129,28 +122,22 @@ def test_a_device_killed_mid_round_does_not_stall_it(federation_files: Federatio
 
 def test_coordinator_killed_and_resumed_loses_no_committed_round(federation_files: FederationFiles,
                                                                  tmp_path: Path, federation: str) -> None:
-    fleet = devices(federation_files, tmp_path, federation, SYSTEM_BROKER, 4)
+    devices(federation_files, tmp_path, federation, SYSTEM_BROKER, 4)
     options = ("--rounds", "4", "--fraction", "1", "--min-clients", "3", "--min-reports", "2",
                "--round-timeout", "20", "--local-epochs", "1000", "--eval-every", "0")
     command = coordinator(federation_files, tmp_path, federation, SYSTEM_BROKER, *options)
     first = start(command, tmp_path / "coordinator-1.log")
-    try:
-        reader = LineReader(first)
-        before = [reader.next(60), reader.next(60)]
-        first.send_signal(signal.SIGKILL)  # while round 3 runs
-        first.wait(10)
-        state = json.loads((tmp_path / "state" / "state.json").read_text())
-        assert (state["next_round"], state["model_version"]) == (3, 2)
+    reader = LineReader(first)
+    before = [reader.next(60), reader.next(60)]
+    first.send_signal(signal.SIGKILL)  # while round 3 runs
+    first.wait(10)
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert (state["next_round"], state["model_version"]) == (3, 2)
 
-        again = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites a checkpoint silently
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites a checkpoint silently
 
-        second = start([*command, "--resume"], tmp_path / "coordinator-2.log")
-        reader = LineReader(second)
-        after = [reader.next(60), reader.next(60)]
-        assert second.wait(30) == 0
-    finally:
-        stop([first, *fleet])
+    after = round_lines(start([*command, "--resume"], tmp_path / "coordinator-2.log"), 2, 60)
     assert [line["round"] for line in before + after] == [1, 2, 3, 4]
     assert all(line["status"] == "committed" for line in before + after)
     assert [line["round"] for line in rounds_file(tmp_path)] == [1, 2, 3, 4]
@@ -188,16 +175,11 @@ def test_the_same_federation_runs_on_the_embedded_broker(federation_files: Feder
     url = f"mqtt://127.0.0.1:{port}"
     try:
         wait_until(lambda: port_open(port), 20, "the embedded broker")
-        fleet = devices(federation_files, tmp_path, "embedded", url, 3)
+        devices(federation_files, tmp_path, "embedded", url, 3)
         coord = start(coordinator(federation_files, tmp_path, "embedded", url, "--rounds", "3", "--fraction", "1",
                                   "--min-clients", "3", "--min-reports", "2", "--round-timeout", "30",
                                   "--eval-every", "3"), tmp_path / "coordinator.log")
-        try:
-            reader = LineReader(coord)
-            lines = [reader.next(90) for _ in range(3)]
-            assert coord.wait(30) == 0
-        finally:
-            stop([coord, *fleet])
+        lines = round_lines(coord, 3, 90)
     finally:
         stop([broker])  # type: ignore[list-item]
     assert all(line["status"] == "committed" and line["reported"] == 3 for line in lines), lines
