@@ -59,3 +59,22 @@ class ProtocolError(EdgeRuntimeError):
         self.reason = reason
         self.problem = problem
         self.topic = topic
+
+
+class PolicyError(EdgeRuntimeError):
+    """An eligibility policy file has an unknown key or a bad value."""
+
+    def __init__(self, source: object, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+class SignalError(EdgeRuntimeError):
+    """A signal source (a signals file, a platform command) gave something that could not be read."""
+
+    def __init__(self, source: object, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem

@@ -1,0 +1,122 @@
+"""What a device can tell about its own state, and how the readings are gathered.
+
+A ``Signals`` value holds one reading of every signal; ``None`` means unknown
+(the platform does not expose it, or its command is missing). Each provider
+reads the few signals it knows and leaves the rest unknown; a ``SignalReader``
+merges providers and re-reads each no more often than its ``refresh_s``, so the
+cheap signals (power, a signals file) can be checked between training steps
+while a slow command (nmcli, Termux:API) runs every few seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Literal, Protocol
+
+Power = Literal["mains", "charging", "battery"]
+Network = Literal["unmetered", "metered", "offline"]
+POWER_VALUES: tuple[str, ...] = ("mains", "charging", "battery")
+NETWORK_VALUES: tuple[str, ...] = ("unmetered", "metered", "offline")
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One reading of the device's signals; ``None`` is unknown.
+
+    ``power`` is ``mains`` on a machine with no battery, ``charging`` when a
+    battery is being charged (or full on a charger), ``battery`` otherwise.
+    ``cpu_percent`` is the CPU share used by other processes, in percent of all
+    cores, so a device's own training does not make it look busy.
+    """
+
+    power: Power | None = None
+    battery_percent: float | None = None
+    cpu_percent: float | None = None
+    load_1m: float | None = None
+    user_idle_s: float | None = None
+    temperature_c: float | None = None
+    network: Network | None = None
+    interface: str | None = None
+    free_memory_mb: float | None = None
+    free_disk_mb: float | None = None
+
+    def known(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+    def merged(self, other: Signals) -> Signals:
+        """This reading with every signal ``other`` knows taken from ``other``."""
+        return replace(self, **{name: getattr(other, name) for name in other.known()})
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+SIGNAL_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Signals))
+UNITS = {"battery_percent": "%", "cpu_percent": "%", "user_idle_s": "s", "temperature_c": "°C",
+         "free_memory_mb": "MB", "free_disk_mb": "MB"}
+
+
+def describe(name: str, value: object) -> str:
+    """A signal's value as a person reads it (``unknown`` for ``None``)."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, float):
+        text = f"{value:.0f}" if math.isinf(value) or abs(value) >= 100 else f"{value:.1f}"
+        return f"{text} {UNITS[name]}".strip() if name in UNITS else text
+    return str(value)
+
+
+class SignalProvider(Protocol):
+    """Reads the signals it knows; everything else in the returned value stays ``None``."""
+
+    name: str
+    refresh_s: float
+
+    def read(self) -> Signals: ...
+
+
+class SignalReader:
+    """Merges providers (later ones win for a signal both know) and caches each for its ``refresh_s``.
+
+    ``metered`` and ``unmetered`` are interface-name prefixes that override
+    what the providers concluded about the network (a flat-rate LTE modem, a
+    phone hotspot seen as Wi-Fi).
+    """
+
+    def __init__(self, providers: Sequence[SignalProvider], metered: Sequence[str] = (),
+                 unmetered: Sequence[str] = (), clock: Callable[[], float] = time.monotonic) -> None:
+        self.providers = tuple(providers)
+        self.metered, self.unmetered = tuple(metered), tuple(unmetered)
+        self._clock = clock
+        self._cache: dict[int, tuple[float, Signals]] = {}
+
+    def read(self) -> Signals:
+        now, result = self._clock(), Signals()
+        for i, provider in enumerate(self.providers):
+            cached = self._cache.get(i)
+            if cached is None or now - cached[0] >= provider.refresh_s:
+                cached = (now, provider.read())
+                self._cache[i] = cached
+            result = result.merged(cached[1])
+        return self._override(result)
+
+    def _override(self, signals: Signals) -> Signals:
+        name = signals.interface
+        if name is None or signals.network == "offline":
+            return signals
+        if any(name.startswith(p) for p in self.metered):
+            return replace(signals, network="metered")
+        if any(name.startswith(p) for p in self.unmetered):
+            return replace(signals, network="unmetered")
+        return signals
+
+    def sources(self) -> dict[str, str]:
+        """Which provider each known signal came from in the last read."""
+        out: dict[str, str] = {}
+        for i, provider in enumerate(self.providers):
+            if i in self._cache:
+                out.update(dict.fromkeys(self._cache[i][1].known(), provider.name))
+        return out
