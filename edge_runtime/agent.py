@@ -90,6 +90,8 @@ class DeviceAgent:
         self._waiting: Task | None = None  # a task whose global model has not arrived yet
         self._results: dict[str, tuple[str, bytes]] = {}  # task id -> the report sent, resent if the task comes again
         self._early_global = b""
+        self._decision = Decision(False, ("not checked yet",), ("start",))
+        self._checked_at = -float("inf")
         self._conn = MqttConnection(config.mqtt, self.topics.device_subscriptions(config.device_id),
                                     self._receive, on_connect=self._connected,
                                     will=(self.topics.status(config.device_id), encode(self._status(online=False))))
@@ -98,14 +100,18 @@ class DeviceAgent:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set, then publish an offline status and disconnect."""
+        self._decision, self._checked_at = self.policy.check(), time.monotonic()  # published once connected
         self._conn.start()
         try:
             while not stop.is_set():
                 try:
                     topic, payload = self._inbox.get(timeout=0.2)
                 except queue.Empty:
-                    continue
-                self._handle(topic, payload)
+                    pass
+                else:
+                    self._handle(topic, payload)
+                if time.monotonic() - self._checked_at >= self.policy.check_interval_s:
+                    self.recheck()
         finally:
             self._conn.publish(self.topics.status(self.config.device_id), encode(self._status(online=False)),
                                retain=True)
@@ -117,7 +123,19 @@ class DeviceAgent:
         self._inbox.put((topic, payload))
 
     def _connected(self) -> None:  # paho's network thread, after every (re)connect
-        self.publish_status()
+        self.publish_status()  # the latest decision; the agent thread alone asks the policy
+
+    def recheck(self, publish: bool = False) -> Decision:
+        """Ask the policy again; publish a status if asked to, or if eligibility or the failed conditions changed."""
+        before, self._decision = self._decision, self.policy.check()
+        self._checked_at = time.monotonic()
+        changed = (before.eligible, before.failed) != (self._decision.eligible, self._decision.failed)
+        if changed:
+            log.info("%s: %s: %s", self.config.device_id, "eligible" if self._decision.eligible else "not eligible",
+                     "; ".join(self._decision.reasons))
+        if changed or publish:
+            self.publish_status()
+        return self._decision
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -195,34 +213,43 @@ class DeviceAgent:
             self._finish(task, self._failure(task, "failed", f"task is for model version {task.model_version}, "
                                                                 f"the current global is {current[0]}"))
             return
+        trained = False
         try:
-            self._check_continue(task)
+            self._check_continue(task, 0)
+            self.policy.begin_task()
             model.trainer.set_weights(current[1])
             if isinstance(task, TrainTask):
-                self._finish(task, self._train(task, model, current[1]))
+                result = self._train(task, model, current[1])
+                trained = True
             else:
-                self._finish(task, self._evaluate(task, model))
+                result = self._evaluate(task, model)
+            self.policy.end_task(trained)
+            self._finish(task, result)
         except _Stopped as stop:
+            self.policy.end_task(trained)
             if stop.outcome == "withdrawn":
                 log.info("%s: task %s withdrawn by the coordinator", self.config.device_id, task.task_id)
                 return
             self._finish(task, self._failure(task, stop.outcome, stop.reason))
         except EdgeRuntimeError as exc:
+            self.policy.end_task(trained)
             self._finish(task, self._failure(task, "failed", str(exc)))
 
-    def _check_continue(self, task: Task) -> None:
+    def _check_continue(self, task: Task, steps: int) -> None:
+        """Raise ``_Stopped`` if the task must end now; called before training and after every step."""
         if self._newest_task != task.task_id:
             raise _Stopped("withdrawn", "withdrawn by the coordinator")
+        when = f"after {steps} training steps" if steps else "before training"
         if time.time() > task.deadline:
-            raise _Stopped("failed", "the round's deadline passed")
-        decision = self.policy.check()
-        if not decision.eligible:
-            raise _Stopped("interrupted", "; ".join(decision.reasons) or "no longer eligible")
+            raise _Stopped("failed", f"the round's deadline passed {when}")
+        self._decision = self.policy.check()
+        if not self._decision.eligible:
+            raise _Stopped("interrupted", f"no longer eligible {when}: " + "; ".join(self._decision.reasons))
 
     def _train(self, task: TrainTask, model: _Model, base: Weights) -> tuple[str, bytes]:
         data = model.data
         result = model.trainer.fit(data.x, data.y, epochs=task.epochs, lr=task.lr, seed=task.seed,
-                                   on_step=lambda step, loss: self._check_continue(task))
+                                   on_step=lambda step, loss: self._check_continue(task, step + 1))
         update, norm = clip(difference(model.trainer.get_weights(), base), task.clip_norm)
         header = UpdateHeader(self.config.device_id, task.task_id, task.round, task.model_version,
                               len(data), result.mean_loss, norm)
@@ -246,7 +273,7 @@ class DeviceAgent:
     def _finish(self, task: Task, result: tuple[str, bytes]) -> None:
         self._results = {task.task_id: result}
         self._conn.publish(*result)
-        self.publish_status()  # eligibility may have changed while it worked (an interrupted task)
+        self.recheck(publish=True)  # eligibility may have changed while it worked (an interrupted task)
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -254,7 +281,7 @@ class DeviceAgent:
         self._conn.publish(self.topics.status(self.config.device_id), encode(self._status(online=True)), retain=True)
 
     def _status(self, online: bool) -> DeviceStatus:
-        decision = self.policy.check() if online else Decision(False, ("offline",))
+        decision = self._decision if online else Decision(False, ("offline",))
         if online and self._unusable:
             decision = Decision(False, (self._unusable,))
         model = self._model

@@ -1,8 +1,9 @@
-"""``edgefl device``: run the device agent against a broker until stopped."""
+"""``edgefl device``: run the device agent until stopped; ``edgefl device status``: why it is (not) training."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,32 +13,79 @@ from edge_runtime.broker_args import add_broker_arguments, mqtt_options, stop_on
 from edge_runtime.cache import default_cache_dir
 from edge_runtime.data import DEFAULT_LABEL_COLUMN
 from edge_runtime.errors import DataError
+from edge_runtime.policy import AlwaysEligible, EligibilityPolicy, Scheduler
+from edge_runtime.policy_file import Policy, load_policy
 from edge_runtime.protocol import Topics, check_name
+from edge_runtime.signals import SignalReader, system_reader
+
+DEFAULT_NICE = 10
+
+
+def default_threads() -> int:
+    """Half the cores (at least one): training leaves the owner's foreground work room."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("device", help="run the device agent: train when the coordinator asks",
+    p = subparsers.add_parser("device", help="run the device agent: train when the coordinator asks and the policy "
+                                             "allows",
                               description="Connect to the broker, fetch and verify the model, and train on local "
-                                          "data whenever the coordinator selects this device. Runs until SIGINT "
-                                          "or SIGTERM.")
-    p.add_argument("--device-id", required=True, help="this device's id; also its MQTT client id")
-    p.add_argument("--data", required=True, type=Path, help="local training data: .npz (x, y) or .csv")
+                                          "data whenever the coordinator selects this device and its eligibility "
+                                          "policy allows. Runs until SIGINT or SIGTERM. `edgefl device status` "
+                                          "shows the signals and the policy's decision instead.")
+    p.add_argument("--device-id", help="this device's id; also its MQTT client id (required)")
+    p.add_argument("--data", type=Path, help="local training data: .npz (x, y) or .csv (required)")
     p.add_argument("--label-column", default=DEFAULT_LABEL_COLUMN, help="label column of a .csv (%(default)s)")
     p.add_argument("--cache-dir", type=Path, help="where artifacts are cached (default ~/.cache/edgefl/device/ID)")
-    p.add_argument("--threads", type=positive_int, help="interpreter threads (default: the runtime's)")
+    p.add_argument("--threads", type=positive_int, default=default_threads(),
+                   help="interpreter threads (default: half the cores, here %(default)s)")
+    p.add_argument("--nice", type=int, default=DEFAULT_NICE, choices=range(20), metavar="N",
+                   help="run at this lower CPU priority, 0-19 (%(default)s)")
     p.add_argument("--backend", choices=["ai_edge_litert", "tflite_runtime", "tensorflow"],
                    help="force a TFLite backend (default: first installed, or $EDGEFL_TFLITE_BACKEND)")
+    _add_policy_arguments(p)
     add_broker_arguments(p)
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, device_parser=p)
+
+    actions = p.add_subparsers(dest="device_action", metavar="{status}")
+    s = actions.add_parser("status", help="print the signals, the policy's decision and its reasons",
+                           description="Read this machine's signals (or --signals FILE), apply the policy, and "
+                                       "print every signal, the decision and its reasons: why a device is or is "
+                                       "not training.")
+    _add_policy_arguments(s)
+    s.add_argument("--cache-dir", type=Path, help="the disk whose free space counts (default ~/.cache/edgefl)")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    s.set_defaults(handler=status)
+
+
+def _add_policy_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", type=Path, help="eligibility policy, TOML (default: no constraints)")
+    p.add_argument("--signals", type=Path, help="read signals from this JSON file instead of the machine "
+                                                "(re-read when it changes)")
+
+
+def build_policy(policy_file: Path | None, signals_file: Path | None, disk: Path) -> EligibilityPolicy:
+    if policy_file is None:
+        return AlwaysEligible()
+    policy = load_policy(policy_file)
+    return Scheduler(policy, _reader(policy, signals_file, disk))
+
+
+def _reader(policy: Policy, signals_file: Path | None, disk: Path) -> SignalReader:
+    return system_reader(disk, policy.metered_interfaces, policy.unmetered_interfaces, signals_file)
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag, value in (("--device-id", args.device_id), ("--data", args.data)):
+        if value is None:
+            args.device_parser.error(f"{flag} is required to run the agent (or use `edgefl device status`)")
     device_id = check_name(args.device_id, "--device-id")
+    cache_dir = args.cache_dir or default_cache_dir(device_id)
     config = AgentConfig(
         device_id=device_id,
         data=args.data,
         mqtt=mqtt_options(args.broker, device_id, args.username, args.password, args.tls_ca, args.mqtt_version),
-        cache_dir=args.cache_dir or default_cache_dir(device_id),
+        cache_dir=cache_dir,
         topics=Topics(args.federation),
         label_column=args.label_column,
         backend=args.backend,
@@ -45,5 +93,18 @@ def run(args: argparse.Namespace) -> int:
     )
     if not config.data.is_file():
         raise DataError(config.data, "no such file; expected a .npz (x, y) or .csv training file")
-    DeviceAgent(config).run(stop_on_signals())
+    policy = build_policy(args.policy, args.signals, cache_dir)
+    if args.nice:
+        os.nice(args.nice)  # the whole process, so the interpreter's worker threads inherit it
+    DeviceAgent(config, policy).run(stop_on_signals())
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from edge_runtime.device_status import print_status
+
+    disk = args.cache_dir or default_cache_dir("")
+    policy = load_policy(args.policy) if args.policy else None
+    reader = _reader(policy or Policy(), args.signals, disk)
+    print_status(reader, policy, args.policy, as_json=args.json)
     return 0
