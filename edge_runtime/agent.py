@@ -236,15 +236,19 @@ class DeviceAgent:
             self._finish(task, self._failure(task, "failed", str(exc)))
 
     def _check_continue(self, task: Task, steps: int) -> None:
-        """Raise ``_Stopped`` if the task must end now; called before training and after every step."""
+        """Raise ``_Stopped`` if the task must end now; called before training and after every step.
+
+        The reason sent is the policy's (stable, so the coordinator can count
+        devices by it); the step it stopped at goes to the log.
+        """
         if self._newest_task != task.task_id:
             raise _Stopped("withdrawn", "withdrawn by the coordinator")
-        when = f"after {steps} training steps" if steps else "before training"
         if time.time() > task.deadline:
-            raise _Stopped("failed", f"the round's deadline passed {when}")
+            raise _Stopped("failed", "the round's deadline passed")
         self._decision = self.policy.check()
         if not self._decision.eligible:
-            raise _Stopped("interrupted", f"no longer eligible {when}: " + "; ".join(self._decision.reasons))
+            log.info("%s: stopping %s after %d training steps", self.config.device_id, task.task_id, steps)
+            raise _Stopped("interrupted", "; ".join(self._decision.reasons))
 
     def _train(self, task: TrainTask, model: _Model, base: Weights) -> tuple[str, bytes]:
         data = model.data

@@ -19,10 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+if TYPE_CHECKING:
+    from tests.conftest import FederationFiles
 
 SYSTEM_BROKER = "mqtt://127.0.0.1:1883"
 
@@ -170,6 +173,31 @@ def start_device(url: str, federation: str, device_id: str, data: Path, folder: 
     return start(edgefl("-v", "device", "--broker", url, "--federation", federation, "--device-id", device_id,
                         "--data", str(data), "--cache-dir", str(folder / f"cache-{device_id}"), *extra),
                  folder / f"{device_id}.log")
+
+
+def coordinator_command(files: FederationFiles, folder: Path, federation: str, url: str, *options: str) -> list[str]:
+    """``edgefl coordinator`` over the shared digits artifact, its state in ``folder/state``."""
+    return edgefl("-v", "coordinator", "--artifact", str(files.artifact), "--state-dir", str(folder / "state"),
+                  "--federation", federation, "--broker", url, "--test-data", str(files.test), *options)
+
+
+def device_statuses(watcher: Watcher) -> dict[str, dict[str, Any]]:
+    """The latest status each device published, as the watcher saw them."""
+    latest: dict[str, dict[str, Any]] = {}
+    for topic, payload, _ in list(watcher.seen):
+        if payload and topic.endswith("/status"):
+            latest[topic.split("/")[-2]] = json.loads(payload)
+    return latest
+
+
+def wait_eligible(url: str, federation: str, count: int, timeout: float = 60) -> None:
+    """Until ``count`` devices have published an eligible status (they hold the model)."""
+    watcher = Watcher(url, [f"edgefl/{federation}/devices/+/status"])
+    try:
+        wait_until(lambda: sum(1 for s in device_statuses(watcher).values() if s["online"] and s["eligible"])
+                   >= count, timeout, f"{count} eligible devices")
+    finally:
+        watcher.close()
 
 
 def stop(processes: Sequence[subprocess.Popen[str]], timeout: float = 10) -> None:

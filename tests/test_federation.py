@@ -20,7 +20,7 @@ from tests.federation_tools import (
     Mosquitto,
     Watcher,
     clear_retained,
-    edgefl,
+    coordinator_command,
     free_port,
     port_open,
     round_lines,
@@ -28,6 +28,7 @@ from tests.federation_tools import (
     start_device,
     stop,
     stop_launched,
+    wait_eligible,
     wait_until,
 )
 
@@ -47,31 +48,9 @@ def federation() -> Iterator[str]:
     clear_retained(SYSTEM_BROKER, name)
 
 
-def coordinator(files: FederationFiles, folder: Path, federation: str, url: str, *options: str) -> list[str]:
-    return edgefl("-v", "coordinator", "--artifact", str(files.artifact), "--state-dir", str(folder / "state"),
-                  "--federation", federation, "--broker", url, "--test-data", str(files.test), *options)
-
-
 def devices(files: FederationFiles, folder: Path, federation: str, url: str, count: int,
             *extra: str) -> list[subprocess.Popen[str]]:
     return [start_device(url, federation, f"d{i}", files.devices[i], folder, *extra) for i in range(count)]
-
-
-def wait_eligible(url: str, federation: str, count: int, timeout: float = 60) -> None:
-    """Until ``count`` devices have published an eligible status (they hold the model)."""
-    watcher = Watcher(url, [f"edgefl/{federation}/devices/+/status"])
-
-    def ready() -> bool:
-        latest: dict[str, Any] = {}
-        for topic, payload, _ in list(watcher.seen):
-            if payload:
-                latest[topic] = json.loads(payload)
-        return sum(1 for s in latest.values() if s["online"] and s["eligible"]) >= count
-
-    try:
-        wait_until(ready, timeout, f"{count} eligible devices")
-    finally:
-        watcher.close()
 
 
 def rounds_file(folder: Path) -> list[dict[str, Any]]:
@@ -81,7 +60,7 @@ def rounds_file(folder: Path) -> list[dict[str, Any]]:
 def test_five_device_processes_learn_over_five_rounds(federation_files: FederationFiles, tmp_path: Path,
                                                       federation: str) -> None:
     devices(federation_files, tmp_path, federation, SYSTEM_BROKER, 5)
-    coord = start(coordinator(federation_files, tmp_path, federation, SYSTEM_BROKER, "--rounds", "5",
+    coord = start(coordinator_command(federation_files, tmp_path, federation, SYSTEM_BROKER, "--rounds", "5",
                               "--fraction", "0.6", "--min-clients", "3", "--min-reports", "2",
                               "--round-timeout", "30", "--eval-every", "5"), tmp_path / "coordinator.log")
     lines = round_lines(coord, 5, 90)
@@ -101,7 +80,7 @@ def test_a_device_killed_mid_round_does_not_stall_it(federation_files: Federatio
     wait_eligible(SYSTEM_BROKER, federation, 5)
     timeout = 12
     # Every device is selected (goal 5) and trains for a few seconds, so d4 dies while it trains.
-    coord = start(coordinator(federation_files, tmp_path, federation, SYSTEM_BROKER, "--rounds", "2",
+    coord = start(coordinator_command(federation_files, tmp_path, federation, SYSTEM_BROKER, "--rounds", "2",
                               "--fraction", "1", "--min-clients", "4", "--over-select", "1", "--min-reports", "3",
                               "--round-timeout", str(timeout), "--local-epochs", "6000", "--eval-every", "0"),
                   tmp_path / "coordinator.log")
@@ -125,7 +104,7 @@ def test_coordinator_killed_and_resumed_loses_no_committed_round(federation_file
     devices(federation_files, tmp_path, federation, SYSTEM_BROKER, 4)
     options = ("--rounds", "4", "--fraction", "1", "--min-clients", "3", "--min-reports", "2",
                "--round-timeout", "20", "--local-epochs", "1000", "--eval-every", "0")
-    command = coordinator(federation_files, tmp_path, federation, SYSTEM_BROKER, *options)
+    command = coordinator_command(federation_files, tmp_path, federation, SYSTEM_BROKER, *options)
     first = start(command, tmp_path / "coordinator-1.log")
     reader = LineReader(first)
     before = [reader.next(60), reader.next(60)]
@@ -149,7 +128,7 @@ def test_mosquitto_restarted_mid_run_everyone_reconnects(federation_files: Feder
     federation = "restart"
     with Mosquitto(tmp_path) as broker:
         fleet = devices(federation_files, tmp_path, federation, broker.url, 4)
-        coord = start(coordinator(federation_files, tmp_path, federation, broker.url, "--rounds", "4",
+        coord = start(coordinator_command(federation_files, tmp_path, federation, broker.url, "--rounds", "4",
                                   "--fraction", "1", "--min-clients", "3", "--min-reports", "2",
                                   "--round-timeout", "20", "--local-epochs", "300", "--eval-every", "0"),
                       tmp_path / "coordinator.log")
@@ -176,9 +155,9 @@ def test_the_same_federation_runs_on_the_embedded_broker(federation_files: Feder
     try:
         wait_until(lambda: port_open(port), 20, "the embedded broker")
         devices(federation_files, tmp_path, "embedded", url, 3)
-        coord = start(coordinator(federation_files, tmp_path, "embedded", url, "--rounds", "3", "--fraction", "1",
-                                  "--min-clients", "3", "--min-reports", "2", "--round-timeout", "30",
-                                  "--eval-every", "3"), tmp_path / "coordinator.log")
+        coord = start(coordinator_command(federation_files, tmp_path, "embedded", url, "--rounds", "3",
+                                          "--fraction", "1", "--min-clients", "3", "--min-reports", "2",
+                                          "--round-timeout", "30", "--eval-every", "3"), tmp_path / "coordinator.log")
         lines = round_lines(coord, 3, 90)
     finally:
         stop([broker])  # type: ignore[list-item]
