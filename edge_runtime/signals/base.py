@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Power = Literal["mains", "charging", "battery"]
 Network = Literal["unmetered", "metered", "offline"]
@@ -43,12 +43,13 @@ class Signals:
     free_memory_mb: float | None = None
     free_disk_mb: float | None = None
 
-    def known(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
+    def known(self) -> dict[str, Any]:
+        """The signals this reading knows, by name."""
+        return {name: value for name, value in vars(self).items() if value is not None}
 
     def merged(self, other: Signals) -> Signals:
         """This reading with every signal ``other`` knows taken from ``other``."""
-        return replace(self, **{name: getattr(other, name) for name in other.known()})
+        return replace(self, **other.known())
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -92,16 +93,23 @@ class SignalReader:
         self.metered, self.unmetered = tuple(metered), tuple(unmetered)
         self._clock = clock
         self._cache: dict[int, tuple[float, Signals]] = {}
+        self._merged: Signals | None = None
 
     def read(self) -> Signals:
-        now, result = self._clock(), Signals()
+        """Re-read the providers that are due; merge again only if a reading changed (this runs every step)."""
+        now, changed = self._clock(), self._merged is None
         for i, provider in enumerate(self.providers):
             cached = self._cache.get(i)
             if cached is None or now - cached[0] >= provider.refresh_s:
-                cached = (now, provider.read())
-                self._cache[i] = cached
-            result = result.merged(cached[1])
-        return self._override(result)
+                reading = provider.read()
+                changed = changed or cached is None or reading != cached[1]
+                self._cache[i] = (now, reading)
+        if changed or self._merged is None:
+            values: dict[str, Any] = {}
+            for i in range(len(self.providers)):
+                values.update(self._cache[i][1].known())
+            self._merged = self._override(Signals(**values))
+        return self._merged
 
     def _override(self, signals: Signals) -> Signals:
         name = signals.interface

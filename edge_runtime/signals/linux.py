@@ -239,29 +239,29 @@ class NetworkProvider:
     def __init__(self, command: Callable[[Sequence[str]], str | None] = run_command, proc: Path = Path("/proc/net"),
                  sys_net: Path = Path("/sys/class/net"), nmcli_cache_s: float = 30.0) -> None:
         self._command, self._proc, self._sys = command, proc, sys_net
-        self._nmcli_cache_s = nmcli_cache_s
-        self._nmcli: dict[str, tuple[float, Network | None]] = {}
+        self._cache_s = nmcli_cache_s
+        self._classified: dict[str, tuple[float, Network | None]] = {}
 
     def read(self) -> Signals:
-        interface = parse_default_route(_read(self._proc / "route"), _read(self._proc / "ipv6_route"))
+        interface = parse_default_route(_read(self._proc / "route"))
+        if interface is None:  # IPv6-only, or offline
+            interface = parse_default_route("", _read(self._proc / "ipv6_route"))
         if interface is None:
             return Signals(network="offline")
         return Signals(network=self.classify(interface), interface=interface)
 
     def classify(self, interface: str) -> Network | None:
-        from_nm = self._network_manager(interface)
-        if from_nm is not None:
-            return from_nm
-        return classify_interface(interface, self._driver(interface))
+        """Cached per interface for ``nmcli_cache_s``: a new default route is classified at once."""
+        now = time.monotonic()
+        cached = self._classified.get(interface)
+        if cached is None or now - cached[0] > self._cache_s:
+            cached = (now, self._network_manager(interface) or classify_interface(interface, self._driver(interface)))
+            self._classified[interface] = cached
+        return cached[1]
 
     def _network_manager(self, interface: str) -> Network | None:
-        now = time.monotonic()
-        cached = self._nmcli.get(interface)
-        if cached is None or now - cached[0] > self._nmcli_cache_s:
-            text = self._command(["nmcli", "-t", "-f", "GENERAL.TYPE,GENERAL.METERED", "device", "show", interface])
-            cached = (now, parse_nmcli_device(text)[1] if text else None)
-            self._nmcli[interface] = cached
-        return cached[1]
+        text = self._command(["nmcli", "-t", "-f", "GENERAL.TYPE,GENERAL.METERED", "device", "show", interface])
+        return parse_nmcli_device(text)[1] if text else None
 
     def _driver(self, interface: str) -> str | None:
         link = self._sys / interface / "device" / "driver"
@@ -270,6 +270,7 @@ class NetworkProvider:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
+        with open(path) as handle:
+            return handle.read()
     except OSError:
         return ""
