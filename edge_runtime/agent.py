@@ -90,6 +90,7 @@ class DeviceAgent:
         self._waiting: Task | None = None  # a task whose global model has not arrived yet
         self._results: dict[str, tuple[str, bytes]] = {}  # task id -> the report sent, resent if the task comes again
         self._early_global = b""
+        self._stop = threading.Event()  # replaced by run()'s
         self._decision = Decision(False, ("not checked yet",), ("start",))
         self._checked_at = -float("inf")
         self._conn = MqttConnection(config.mqtt, self.topics.device_subscriptions(config.device_id),
@@ -100,6 +101,7 @@ class DeviceAgent:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set, then publish an offline status and disconnect."""
+        self._stop = stop
         self._decision, self._checked_at = self.policy.check(), time.monotonic()  # published once connected
         self._conn.start()
         try:
@@ -243,6 +245,8 @@ class DeviceAgent:
         """
         if self._newest_task != task.task_id:
             raise _Stopped("withdrawn", "withdrawn by the coordinator")
+        if self._stop.is_set():
+            raise _Stopped("interrupted", "the device is shutting down")
         if time.time() > task.deadline:
             raise _Stopped("failed", "the round's deadline passed")
         self._decision = self.policy.check()
@@ -252,6 +256,8 @@ class DeviceAgent:
 
     def _train(self, task: TrainTask, model: _Model, base: Weights) -> tuple[str, bytes]:
         data = model.data
+        log.info("%s: round %d: training %d epochs on %d examples", self.config.device_id, task.round, task.epochs,
+                 len(data))
         result = model.trainer.fit(data.x, data.y, epochs=task.epochs, lr=task.lr, seed=task.seed,
                                    on_step=lambda step, loss: self._check_continue(task, step + 1))
         update, norm = clip(difference(model.trainer.get_weights(), base), task.clip_norm)

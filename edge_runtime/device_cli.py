@@ -12,7 +12,7 @@ from edge_runtime.argtypes import positive_int
 from edge_runtime.broker_args import add_broker_arguments, mqtt_options, stop_on_signals
 from edge_runtime.cache import default_cache_dir
 from edge_runtime.data import DEFAULT_LABEL_COLUMN
-from edge_runtime.errors import DataError
+from edge_runtime.errors import DataError, PolicyError
 from edge_runtime.policy import AlwaysEligible, EligibilityPolicy, Scheduler
 from edge_runtime.policy_file import Policy, load_policy
 from edge_runtime.protocol import Topics, check_name
@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=positive_int, default=default_threads(),
                    help="interpreter threads (default: half the cores, here %(default)s)")
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, choices=range(20), metavar="N",
-                   help="run at this lower CPU priority, 0-19 (%(default)s)")
+                   help="lower the process's CPU priority by N, 0-19, added to the niceness it starts with "
+                        "(%(default)s)")
     p.add_argument("--backend", choices=["ai_edge_litert", "tflite_runtime", "tensorflow"],
                    help="force a TFLite backend (default: first installed, or $EDGEFL_TFLITE_BACKEND)")
     _add_policy_arguments(p)
@@ -51,21 +52,27 @@ def register(subparsers: Any) -> None:
     s = actions.add_parser("status", help="print the signals, the policy's decision and its reasons",
                            description="Read this machine's signals (or --signals FILE), apply the policy, and "
                                        "print every signal, the decision and its reasons: why a device is or is "
-                                       "not training.")
-    _add_policy_arguments(s)
-    s.add_argument("--cache-dir", type=Path, help="the disk whose free space counts (default ~/.cache/edgefl)")
+                                       "not training. Exits with 0 when the device is eligible, 1 when not.")
+    # Given before or after `status`, the same options mean the same (SUPPRESS keeps the earlier value).
+    _add_policy_arguments(s, default=argparse.SUPPRESS)
+    s.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS,
+                   help="the disk whose free space counts (default ~/.cache/edgefl/device)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     s.set_defaults(handler=status)
 
 
-def _add_policy_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", type=Path, help="eligibility policy, TOML (default: no constraints)")
-    p.add_argument("--signals", type=Path, help="read signals from this JSON file instead of the machine "
-                                                "(re-read when it changes)")
+def _add_policy_arguments(p: argparse.ArgumentParser, default: Any = None) -> None:
+    p.add_argument("--policy", type=Path, default=default,
+                   help="eligibility policy, TOML (default: no constraints)")
+    p.add_argument("--signals", type=Path, default=default,
+                   help="read signals from this JSON file instead of the machine (re-read when it changes; "
+                        "needs --policy)")
 
 
 def build_policy(policy_file: Path | None, signals_file: Path | None, disk: Path) -> EligibilityPolicy:
     if policy_file is None:
+        if signals_file is not None:
+            raise PolicyError(signals_file, "", "--signals needs --policy: without a policy no signal is consulted")
         return AlwaysEligible()
     policy = load_policy(policy_file)
     return Scheduler(policy, _reader(policy, signals_file, disk))
@@ -101,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    """Exit status 0 when the policy would let the device train, 1 when it would not."""
     from edge_runtime.device_status import print_status
 
     disk = args.cache_dir or default_cache_dir("")
     policy = load_policy(args.policy) if args.policy else None
     reader = _reader(policy or Policy(), args.signals, disk)
-    print_status(reader, policy, args.policy, as_json=args.json)
-    return 0
+    return 0 if print_status(reader, policy, args.policy, as_json=args.json) else 1

@@ -69,6 +69,10 @@ class Scheduler:
     Thread-safe: the agent checks from its own thread.
     """
 
+    # The reader returns the same Signals object while no reading changed; the conditions that depend on
+    # time alone (hold, hours, budget, interval, CPU-idle duration) are then re-evaluated this often.
+    REDECIDE_S = 1.0
+
     def __init__(self, policy: Policy, reader: SignalReader, clock: Callable[[], float] = time.time,
                  utc_offset_h: float | None = None) -> None:
         self.policy = policy
@@ -83,6 +87,8 @@ class Scheduler:
         self._spent: list[tuple[float, float]] = []  # (start, end) of past tasks, for the daily budget
         self._last_trained: float | None = None
         self.last_signals = Signals()
+        self._decided_at = -float("inf")
+        self._last = Decision(False)
 
     def check(self) -> Decision:
         with self._lock:
@@ -92,12 +98,16 @@ class Scheduler:
             except SignalError as exc:
                 self._held_since = self._cpu_quiet_since = None
                 return Decision(False, (f"signals unreadable: {exc}",), ("signals",))
-            self.last_signals = signals
-            return self._decide(signals, now)
+            if signals is self.last_signals and now - self._decided_at < self.REDECIDE_S:
+                return self._last  # nothing read has changed: the per-step check stays cheap
+            self.last_signals, self._decided_at = signals, now
+            self._last = self._decide(signals, now)
+            return self._last
 
     def begin_task(self) -> None:
         with self._lock:
             self._task_started = self._clock()
+            self._decided_at = -float("inf")
 
     def end_task(self, trained: bool) -> None:
         with self._lock:
@@ -105,6 +115,7 @@ class Scheduler:
             if self._task_started is not None:
                 self._spent = [s for s in self._spent if s[1] > now - 2 * DAY_S] + [(self._task_started, now)]
             self._task_started = None
+            self._decided_at = -float("inf")
             if trained:
                 self._last_trained = now
 
@@ -145,8 +156,8 @@ class Scheduler:
         return Decision(True, tuple(conditions.held) or ("no policy constraints",))
 
     def _cpu_idle(self, conditions: _Conditions, cpu: float | None, limit: float, now: float) -> None:
-        if cpu is None or cpu > limit:
-            self._cpu_quiet_since = None
+        if cpu is None or cpu > limit or not self.policy.cpu_idle_s:
+            self._cpu_quiet_since = None if cpu is None or cpu > limit else now
             conditions.at_most("cpu", cpu, limit, "other processes use {v:.0f}% CPU", "%")
             return
         if self._cpu_quiet_since is None:

@@ -111,6 +111,8 @@ def policy_from_mapping(data: Mapping[str, Any], source: object = "policy") -> P
             values[name] = parse(value)
         except ValueError as exc:
             raise PolicyError(source, key, str(exc)) from None
+    if values.get("cpu_idle_s") and values.get("max_cpu_percent") is None:
+        raise PolicyError(source, "cpu-idle-seconds", "needs max-cpu-percent: the CPU counts as idle below it")
     return Policy(**values)
 
 

@@ -16,8 +16,7 @@ import pytest
 
 from edge_runtime.broker_args import PASSWORD_ENV
 from edge_runtime.cli import build_parser
-from edge_runtime.errors import PolicyError
-from edge_runtime.errors import SignalError
+from edge_runtime.errors import PolicyError, SignalError
 from edge_runtime.policy_file import _KEYS, Policy, load_policy
 from edge_runtime.signals import parse_signals
 
@@ -148,7 +147,6 @@ def unit_sections(text: str) -> dict[str, dict[str, list[str]]]:
         key, value = line.split("=", 1)
         current.setdefault(key.strip(), []).append(value.strip())
     return sections
-
 
 
 # -- the checks: each runs on the real files below, and on a broken copy to show it can fail ---------
@@ -287,8 +285,6 @@ def test_a_broken_unit_fails(old: str, new: str, match: str) -> None:
 @pytest.mark.parametrize(("block", "match"), [
     ("```sh\nedgefl device --no-such-flag\n```", "unrecognized arguments"),
     ("```console\n$ edgefl device status --jsn\n```", "unrecognized arguments"),
-    ("```sh\nsudo -u edgefl /opt/edgefl/venv/bin/edgefl device --policy /etc/edgefl/policy.toml status\n```",
-     "ignored"),
 ])
 def test_a_wrong_command_on_the_page_fails(block: str, match: str) -> None:
     with pytest.raises(AssertionError, match=match):
@@ -323,3 +319,12 @@ def test_a_wrong_toml_snippet_fails(tmp_path: Path) -> None:
 def test_a_wrong_signals_example_fails() -> None:
     with pytest.raises(SignalError, match="solar"):
         check_signal_snippets('```json\n{"power": "solar"}\n```\n')
+
+
+@pytest.mark.parametrize("argv", [
+    ["device", "--policy", "p.toml", "--signals", "s.json", "--cache-dir", "c", "status"],
+    ["device", "status", "--policy", "p.toml", "--signals", "s.json", "--cache-dir", "c"],
+])
+def test_status_options_before_or_after_the_subcommand(argv: list[str]) -> None:
+    args = parse_edgefl(argv)
+    assert (args.policy, args.signals, args.cache_dir) == (Path("p.toml"), Path("s.json"), Path("c"))

@@ -161,3 +161,25 @@ def test_training_runs_at_the_requested_nice_level(federation_files: FederationF
         assert psutil.Process(proc.pid).nice() == os.nice(0) + 7
     finally:
         watcher.close()
+
+
+def test_sigterm_while_training_stops_at_the_next_step(federation_files: FederationFiles, tmp_path: Path,
+                                                       federation: str) -> None:
+    device = start_device(SYSTEM_BROKER, federation, "leaving", federation_files.devices[0], tmp_path)
+    topics = Topics(federation)
+    watcher = Watcher(SYSTEM_BROKER, [topics.task("leaving"), topics.report("leaving"), topics.status("leaving")])
+    try:
+        wait_until(lambda: watcher.latest(topics.status("leaving")) is not None, 30, "the device to come online")
+        start(coordinator_command(federation_files, tmp_path, federation, SYSTEM_BROKER, "--rounds", "1",
+                                  "--fraction", "1", "--min-clients", "1", "--min-reports", "1",
+                                  "--local-epochs", "5000", "--eval-every", "0", "--round-timeout", "60"),
+              tmp_path / "coordinator.log")
+        wait_until(lambda: "round 1: training" in (tmp_path / "leaving.log").read_text(), 60, "training to start")
+        device.terminate()
+        assert device.wait(15) == 0  # long before 5000 epochs could finish
+        report = json.loads(watcher.wait_for(topics.report("leaving"), timeout=10))
+        assert (report["outcome"], report["reason"]) == ("interrupted", "the device is shutting down")
+        wait_until(lambda: not json.loads(watcher.latest(topics.status("leaving")) or b"{}").get("online", True),
+                   10, "the offline status")
+    finally:
+        watcher.close()

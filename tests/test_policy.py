@@ -53,7 +53,7 @@ def test_every_condition_holding_gives_its_reasons() -> None:
     assert decision.eligible and decision.failed == ()
     assert decision.reasons == (
         "charging", "battery 90% (minimum 50%)", "unmetered network (wlan0)",
-        "CPU quiet (5% <= 20%) for 0 s of 0 s", "user idle 900 s (minimum 300 s)",
+        "other processes use 5% CPU (maximum 20%)", "user idle 900 s (minimum 300 s)",
         "temperature 40.0 °C (maximum 60 °C)", "800 MB memory free (minimum 200 MB)",
         "5000 MB disk free (minimum 500 MB)")
 
@@ -279,3 +279,8 @@ def test_whole_day_window() -> None:
     assert all(window.contains(m) for m in (0, 720, 1439.9))
     assert str(window) == "00:00-24:00"
     assert policy_from_mapping({"allowed-hours": ["00:00-24:00"]}).allowed_hours == (window,)
+
+
+def test_cpu_idle_duration_needs_a_cpu_limit() -> None:
+    with pytest.raises(PolicyError, match="cpu-idle-seconds: needs max-cpu-percent"):
+        policy_from_mapping({"cpu-idle-seconds": 60})

@@ -30,13 +30,13 @@ def system_reader(disk_path: Path, metered: Sequence[str] = (), unmetered: Seque
                   signals_file: Path | None = None) -> SignalReader:
     """The reader for this machine, or for ``signals_file`` when one is given.
 
-    On Termux, Termux:API supplies power, battery temperature and Wi-Fi (it
-    wins over psutil and the route table, which Android hides from apps).
+    On Termux, Termux:API supplies power, battery and Wi-Fi (it wins over the
+    route table, and replaces psutil's battery, which Android hides from apps).
     """
     if signals_file is not None:
         return SignalReader([FileSignals(signals_file)], metered, unmetered)
-    providers: list[SignalProvider] = [PowerProvider(), CpuProvider(), LogindProvider(), TemperatureProvider(),
-                                       NetworkProvider(), ResourcesProvider(disk_path)]
-    if on_termux():
-        providers.append(TermuxProvider())
+    providers: list[SignalProvider] = [CpuProvider(), LogindProvider(), TemperatureProvider(), NetworkProvider(),
+                                       ResourcesProvider(disk_path)]
+    # Android hides the battery from apps, where psutil would report mains power: never use it there.
+    providers.append(TermuxProvider() if on_termux() else PowerProvider())
     return SignalReader(providers, metered, unmetered)
