@@ -97,7 +97,10 @@ def render(report: dict[str, Any]) -> str:
              f"`python bench/bench_policy.py`, {report['date']}, {report['machine']['cpu']}, "
              f"ai-edge-litert {report['machine']['ai-edge-litert']}, 1 interpreter thread. The agent asks the "
              "policy after every step; this is what that costs (median of "
-             f"{next(iter(report['models'].values()))['repeats']} interleaved runs of `Trainer.fit`).", "",
+             f"{next(iter(report['models'].values()))['repeats']} interleaved runs of `Trainer.fit`). "
+             "Power and the network route are re-read at most every 50 ms, the other system signals every 1-5 s, "
+             "a signals file at every check (one `stat`); while no reading changes, the scheduler re-uses its "
+             "decision for up to 1 s.", "",
              "| model | step, no check | + check, this machine's signals | + check, signals file |",
              "| --- | --- | --- | --- |"]
     for key, m in report["models"].items():
