@@ -67,3 +67,24 @@ def test_export_without_tensorflow_names_the_extra(tmp_path) -> None:
     """)
     assert result.returncode == 2, result.stderr
     assert "pip install 'edgefl[export]'" in result.stderr
+
+
+def test_the_coordinator_side_runs_without_psutil() -> None:
+    """psutil comes with the device extra only; a broker host with the coordinator extra has none."""
+    result = _run("""
+        sys.modules["psutil"] = None  # makes `import psutil` fail
+        from edge_runtime.cli import build_parser
+        import coordinator.server
+        from edge_runtime.signals import system_reader
+        from pathlib import Path
+        build_parser().parse_args(["coordinator", "--help"])
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "usage: edgefl coordinator" in result.stdout
+    broken = _run("""
+        sys.modules["psutil"] = None
+        from edge_runtime.signals import system_reader
+        from pathlib import Path
+        system_reader(Path("."))
+    """)
+    assert broken.returncode != 0 and "psutil" in broken.stderr  # the blocker works: the device side needs it

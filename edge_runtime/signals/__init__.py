@@ -12,14 +12,6 @@ from pathlib import Path
 
 from edge_runtime.signals.base import SIGNAL_NAMES, SignalProvider, SignalReader, Signals, describe
 from edge_runtime.signals.file import FileSignals, parse_signals
-from edge_runtime.signals.linux import (
-    CpuProvider,
-    LogindProvider,
-    NetworkProvider,
-    PowerProvider,
-    ResourcesProvider,
-    TemperatureProvider,
-)
 from edge_runtime.signals.termux import TermuxProvider, on_termux
 
 __all__ = ["SIGNAL_NAMES", "FileSignals", "SignalProvider", "SignalReader", "Signals", "describe", "parse_signals",
@@ -35,6 +27,16 @@ def system_reader(disk_path: Path, metered: Sequence[str] = (), unmetered: Seque
     """
     if signals_file is not None:
         return SignalReader([FileSignals(signals_file)], metered, unmetered)
+    # psutil comes with the device extra; the coordinator imports this package without it.
+    from edge_runtime.signals.linux import (
+        CpuProvider,
+        LogindProvider,
+        NetworkProvider,
+        PowerProvider,
+        ResourcesProvider,
+        TemperatureProvider,
+    )
+
     providers: list[SignalProvider] = [CpuProvider(), LogindProvider(), TemperatureProvider(), NetworkProvider(),
                                        ResourcesProvider(disk_path)]
     # Android hides the battery from apps, where psutil would report mains power: never use it there.

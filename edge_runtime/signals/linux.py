@@ -6,10 +6,8 @@ and loginctl are tested on recorded outputs.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -18,29 +16,13 @@ from typing import Any
 import psutil
 
 from edge_runtime.signals.base import Network, Power, Signals
+from edge_runtime.signals.command import run_command
 
-log = logging.getLogger(__name__)
 MB = 1024 * 1024
-COMMAND_TIMEOUT_S = 3.0
 # Power and the route are re-read at the check after every training step, but no more often than this:
 # reading them costs little, yet the system calls between steps slowed a small CNN's steps by about a
 # fifth (bench/bench_policy.py). A step longer than this still sees a change at the very next check.
 FAST_REFRESH_S = 0.05
-
-
-def run_command(argv: Sequence[str]) -> str | None:
-    """A command's stdout, or ``None`` when it is missing, fails or hangs (the signal is then unknown)."""
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.debug("%s: %s", argv[0], exc)
-        return None
-    if done.returncode != 0:
-        log.debug("%s exited with %d: %s", argv[0], done.returncode, done.stderr.strip()[:200])
-        return None
-    return done.stdout
 
 
 # -- power ----------------------------------------------------------------------------------------

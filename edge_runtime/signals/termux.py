@@ -17,7 +17,7 @@ from typing import Any
 
 from edge_runtime.errors import SignalError
 from edge_runtime.signals.base import Power, Signals
-from edge_runtime.signals.linux import run_command
+from edge_runtime.signals.command import run_command
 
 CHARGING_STATUSES = frozenset({"CHARGING", "FULL"})
 
