@@ -112,7 +112,7 @@ def test_bad_mixes(text: str, problem: str) -> None:
 
 def test_draws_are_uniform_and_independent() -> None:
     values = np.array([draw(7, d, s, w) for d in range(50) for s in range(20) for w in (1, 2)])
-    assert 0 <= values.min() and values.max() < 1
+    assert values.min() >= 0 and values.max() < 1
     assert abs(values.mean() - 0.5) < 0.02 and abs(values.std() - 12 ** -0.5) < 0.02
 
 
