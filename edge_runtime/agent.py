@@ -215,27 +215,32 @@ class DeviceAgent:
             self._finish(task, self._failure(task, "failed", f"task is for model version {task.model_version}, "
                                                                 f"the current global is {current[0]}"))
             return
-        trained = False
         try:
             self._check_continue(task, 0)
-            self.policy.begin_task()
-            model.trainer.set_weights(current[1])
-            if isinstance(task, TrainTask):
-                result = self._train(task, model, current[1])
-                trained = True
-            else:
-                result = self._evaluate(task, model)
-            self.policy.end_task(trained)
-            self._finish(task, result)
+            result = self._run(task, model, current[1])
         except _Stopped as stop:
-            self.policy.end_task(trained)
             if stop.outcome == "withdrawn":
                 log.info("%s: task %s withdrawn by the coordinator", self.config.device_id, task.task_id)
                 return
             self._finish(task, self._failure(task, stop.outcome, stop.reason))
         except EdgeRuntimeError as exc:
-            self.policy.end_task(trained)
             self._finish(task, self._failure(task, "failed", str(exc)))
+        else:
+            self._finish(task, result)
+
+    def _run(self, task: Task, model: _Model, base: Weights) -> tuple[str, bytes]:
+        """Run a task from the global weights; the policy counts its time (budget) and a finished training."""
+        self.policy.begin_task()
+        trained = False
+        try:
+            model.trainer.set_weights(base)
+            if isinstance(task, EvaluateTask):
+                return self._evaluate(task, model)
+            result = self._train(task, model, base)
+            trained = True
+            return result
+        finally:
+            self.policy.end_task(trained)
 
     def _check_continue(self, task: Task, steps: int) -> None:
         """Raise ``_Stopped`` if the task must end now; called before training and after every step.

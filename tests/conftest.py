@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +83,29 @@ def federation_files(export: Exporter, digits: tuple[Dataset, Dataset],
         devices.append(folder / f"device{i}.npz")
     np.savez(folder / "test.npz", x=test.x.reshape(len(test.x), -1), y=test.y)
     return FederationFiles(export(spec), tuple(devices), folder / "test.npz")
+
+
+def write_signals(path: Path, **values: object) -> None:
+    """Replace a signals file atomically, as ``edge_runtime.signals.FileSignals`` expects."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values))
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def federation() -> Iterator[str]:
+    """A federation name of its own on the system Mosquitto, its retained messages cleared afterwards."""
+    from tests.federation_tools import SYSTEM_BROKER, clear_retained
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    clear_retained(SYSTEM_BROKER, name)
+
+
+@pytest.fixture
+def stop_processes() -> Iterator[None]:
+    """Stops every process a test started through ``federation_tools.start``, however the test ends."""
+    from tests.federation_tools import stop_launched
+
+    yield
+    stop_launched()

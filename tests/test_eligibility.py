@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -19,43 +17,21 @@ from edge_runtime.policy import Decision, Scheduler
 from edge_runtime.policy_file import load_policy
 from edge_runtime.protocol import Topics
 from edge_runtime.signals import system_reader
-from tests.conftest import FederationFiles
+from tests.conftest import FederationFiles, write_signals
 from tests.federation_tools import (
     SYSTEM_BROKER,
     Watcher,
-    clear_retained,
     coordinator_command,
     device_statuses,
     round_lines,
     start,
     start_device,
-    stop_launched,
     wait_until,
 )
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("stop_processes")]
 
 POLICY = "require-charging = true\nrequire-unmetered = true\ncheck-seconds = 0.2\n"
-
-
-@pytest.fixture(autouse=True)
-def _stop_processes() -> Iterator[None]:
-    yield
-    stop_launched()
-
-
-@pytest.fixture
-def federation() -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    yield name
-    clear_retained(SYSTEM_BROKER, name)
-
-
-def write_signals(path: Path, **values: object) -> None:
-    """Replace the signals file atomically, as the file provider expects."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values))
-    os.replace(tmp, path)
 
 
 def policy_files(folder: Path, power: str) -> tuple[Path, Path]:

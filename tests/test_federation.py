@@ -6,8 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ from tests.federation_tools import (
     LineReader,
     Mosquitto,
     Watcher,
-    clear_retained,
     coordinator_command,
     free_port,
     port_open,
@@ -27,25 +24,11 @@ from tests.federation_tools import (
     start,
     start_device,
     stop,
-    stop_launched,
     wait_eligible,
     wait_until,
 )
 
-pytestmark = pytest.mark.broker
-
-
-@pytest.fixture(autouse=True)
-def _stop_processes() -> Iterator[None]:
-    yield
-    stop_launched()
-
-
-@pytest.fixture
-def federation() -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    yield name
-    clear_retained(SYSTEM_BROKER, name)
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("stop_processes")]
 
 
 def devices(files: FederationFiles, folder: Path, federation: str, url: str, count: int,

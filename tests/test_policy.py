@@ -41,15 +41,12 @@ class Timeline:
         return self.scheduler.check()
 
 
-timeline = Timeline
-
-
 PRODUCTION = Policy(require_charging=True, min_battery_percent=50, require_unmetered=True, max_cpu_percent=20,
                     min_user_idle_s=300, max_temperature_c=60, min_free_memory_mb=200, min_free_disk_mb=500)
 
 
 def test_every_condition_holding_gives_its_reasons() -> None:
-    decision = timeline(PRODUCTION).at(0)
+    decision = Timeline(PRODUCTION).at(0)
     assert decision.eligible and decision.failed == ()
     assert decision.reasons == (
         "charging", "battery 90% (minimum 50%)", "unmetered network (wlan0)",
@@ -70,21 +67,21 @@ def test_every_condition_holding_gives_its_reasons() -> None:
     ({"free_disk_mb": 20.0}, "disk", "20 MB disk free (minimum 500 MB)"),
 ])
 def test_each_failing_condition_is_named(change: dict[str, object], failed: str, reason: str) -> None:
-    decision = timeline(PRODUCTION).at(0, **change)
+    decision = Timeline(PRODUCTION).at(0, **change)
     assert decision == Decision(False, (reason,), (failed,))
 
 
 def test_no_constraints() -> None:
-    assert timeline(Policy()).at(0) == Decision(True, ("no policy constraints",))
+    assert Timeline(Policy()).at(0) == Decision(True, ("no policy constraints",))
 
 
 def test_mains_power_has_no_battery_to_protect() -> None:
-    decision = timeline(PRODUCTION).at(0, power="mains", battery_percent=None)
+    decision = Timeline(PRODUCTION).at(0, power="mains", battery_percent=None)
     assert decision.eligible and decision.reasons[0] == "on mains"
 
 
 def test_hysteresis_holds_before_eligible_and_drops_at_once() -> None:
-    t = timeline(replace(PRODUCTION, hold_s=60))
+    t = Timeline(replace(PRODUCTION, hold_s=60))
     assert t.at(0) == Decision(False, ("conditions have held for 0 s of the required 60 s",), ("hold",))
     assert t.at(59).failed == ("hold",)
     assert t.at(60).eligible
@@ -95,7 +92,7 @@ def test_hysteresis_holds_before_eligible_and_drops_at_once() -> None:
 
 
 def test_a_running_task_is_not_held_back() -> None:
-    t = timeline(replace(PRODUCTION, hold_s=60, cpu_idle_s=30))
+    t = Timeline(replace(PRODUCTION, hold_s=60, cpu_idle_s=30))
     assert t.at(100).failed == ("cpu",)  # quiet for 0 s of 30 s
     t.scheduler.begin_task()  # a task the coordinator sent while it was eligible elsewhere in time
     assert t.at(101).eligible
@@ -103,7 +100,7 @@ def test_a_running_task_is_not_held_back() -> None:
 
 
 def test_cpu_must_stay_quiet_for_its_duration() -> None:
-    t = timeline(Policy(max_cpu_percent=20, cpu_idle_s=120))
+    t = Timeline(Policy(max_cpu_percent=20, cpu_idle_s=120))
     assert t.at(0).failed == ("cpu",)
     assert t.at(119).reasons == ("CPU quiet (5% <= 20%) for 119 s of 120 s",)
     assert t.at(120).eligible
@@ -118,7 +115,7 @@ def test_cpu_must_stay_quiet_for_its_duration() -> None:
 ])
 def test_window_across_midnight(clock: str, eligible: bool) -> None:
     hours, minutes = (int(v) for v in clock.split(":"))
-    t = timeline(Policy(allowed_hours=(parse_window("22:00-06:00"),)), start=MIDNIGHT)
+    t = Timeline(Policy(allowed_hours=(parse_window("22:00-06:00"),)), start=MIDNIGHT)
     decision = t.at(hours * HOUR + minutes * 60)
     assert decision.eligible is eligible
     assert decision.reasons == (f"local time {clock} {'within' if eligible else 'outside'} 22:00-06:00",)
@@ -126,13 +123,13 @@ def test_window_across_midnight(clock: str, eligible: bool) -> None:
 
 def test_windows_use_the_device_local_time() -> None:
     policy = Policy(allowed_hours=(parse_window("22:00-06:00"),))
-    assert timeline(policy, start=MIDNIGHT + 20 * HOUR, utc_offset_h=2).at(0).eligible  # 22:00 at UTC+2
-    assert not timeline(policy, start=MIDNIGHT + 20 * HOUR, utc_offset_h=-5).at(0).eligible  # 15:00 at UTC-5
+    assert Timeline(policy, start=MIDNIGHT + 20 * HOUR, utc_offset_h=2).at(0).eligible  # 22:00 at UTC+2
+    assert not Timeline(policy, start=MIDNIGHT + 20 * HOUR, utc_offset_h=-5).at(0).eligible  # 15:00 at UTC-5
 
 
 def test_several_windows() -> None:
     policy = Policy(allowed_hours=(parse_window("01:00-05:00"), parse_window("12:00-13:30")))
-    t = timeline(policy, start=MIDNIGHT)
+    t = Timeline(policy, start=MIDNIGHT)
     assert [t.at(h * HOUR).eligible for h in (0, 1, 4.9, 5, 12, 13.4, 13.5)] == \
         [False, True, True, False, True, True, False]
 
@@ -147,16 +144,16 @@ def test_several_windows() -> None:
     (Policy(min_free_disk_mb=10), "disk", "free disk space unknown"),
 ])
 def test_unknown_signals_block_or_are_ignored(policy: Policy, code: str, reason: str) -> None:
-    t = timeline(policy)
+    t = Timeline(policy)
     t.signals = Signals()
     assert t.at(0) == Decision(False, (reason,), (code,))
-    lenient = timeline(replace(policy, unknown_signals="ignore"))
+    lenient = Timeline(replace(policy, unknown_signals="ignore"))
     lenient.signals = Signals()
     assert lenient.at(0) == Decision(True, (f"{reason} (ignored)",))
 
 
 def test_unreadable_signals_make_the_device_ineligible() -> None:
-    t = timeline(replace(PRODUCTION, hold_s=10))
+    t = Timeline(replace(PRODUCTION, hold_s=10))
     t.at(0)
     assert t.at(10).eligible
     t.error = SignalError("signals.json", "not JSON (Expecting value at line 1)")
@@ -167,7 +164,7 @@ def test_unreadable_signals_make_the_device_ineligible() -> None:
 
 
 def test_daily_budget_counts_training_time_and_resets_at_local_midnight() -> None:
-    t = timeline(Policy(daily_budget_s=600), start=MIDNIGHT + 10 * HOUR)
+    t = Timeline(Policy(daily_budget_s=600), start=MIDNIGHT + 10 * HOUR)
     t.at(0)
     t.scheduler.begin_task()
     assert t.at(400).reasons == ("trained 400 s today (daily budget 600 s)",)
@@ -183,7 +180,7 @@ def test_daily_budget_counts_training_time_and_resets_at_local_midnight() -> Non
 
 
 def test_a_task_across_midnight_counts_each_side_on_its_own_day() -> None:
-    t = timeline(Policy(daily_budget_s=1000), start=MIDNIGHT - 300)  # 23:55
+    t = Timeline(Policy(daily_budget_s=1000), start=MIDNIGHT - 300)  # 23:55
     t.at(0)
     t.scheduler.begin_task()
     t.at(900)  # 00:10 the next day
@@ -192,7 +189,7 @@ def test_a_task_across_midnight_counts_each_side_on_its_own_day() -> None:
 
 
 def test_minimum_interval_between_participations() -> None:
-    t = timeline(Policy(min_interval_s=HOUR))
+    t = Timeline(Policy(min_interval_s=HOUR))
     t.at(0)
     t.scheduler.begin_task()
     t.at(10)

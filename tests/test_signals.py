@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from edge_runtime.signals.linux import (
     user_idle_seconds,
 )
 from edge_runtime.signals.termux import TermuxProvider, parse_battery_status, parse_wifi_connectioninfo
+from tests.conftest import write_signals
 
 RECORDED = Path(__file__).parent / "data" / "signals"
 
@@ -196,12 +196,6 @@ def test_thermal_zones(tmp_path: Path) -> None:
 
 
 # -- the signals file -------------------------------------------------------------------------------
-
-def write_signals(path: Path, **values: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values))
-    os.replace(tmp, path)
-
 
 def test_signals_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "signals.json"
