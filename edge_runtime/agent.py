@@ -4,6 +4,12 @@ Messages arrive on paho's network thread and are queued; one agent thread
 handles them in order, including training, so the agent's state has a single
 writer. The network thread only notes the id of the newest task, which lets a
 running task see between steps that the coordinator withdrew it.
+
+Between tasks the agent keeps only the verified artifact, its local data and
+the current global weights: an interpreter is built for a task and released
+when the task ends. A ``Pace`` (``edge_runtime.pace``) may add waits around a
+task's phases; a physical device's adds none, an emulated device's plays its
+profile.
 """
 
 from __future__ import annotations
@@ -12,15 +18,18 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from edge_runtime.artifact import Artifact
+from edge_runtime.backend import select_backend
 from edge_runtime.cache import ArtifactCache
-from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, load_data
+from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, check_arrays, load_data
 from edge_runtime.errors import EdgeRuntimeError, ProtocolError
 from edge_runtime.mqtt import MqttConnection, MqttOptions
+from edge_runtime.pace import Pace, RealPace
 from edge_runtime.policy import AlwaysEligible, Decision, EligibilityPolicy
 from edge_runtime.protocol import (
     DeviceStatus,
@@ -48,8 +57,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """``data`` is a file, or examples already in memory (an emulated device); ``clock`` is the one the
+    coordinator's deadlines are on (the wall clock, or an emulator's)."""
+
     device_id: str
-    data: Path
+    data: Path | Dataset
     mqtt: MqttOptions
     cache_dir: Path
     topics: Topics = field(default_factory=Topics)
@@ -57,6 +69,7 @@ class AgentConfig:
     backend: str | None = None
     num_threads: int | None = None
     max_artifact_bytes: int = 256 * 1024 * 1024
+    clock: Callable[[], float] = time.time
 
 
 class _Stopped(Exception):
@@ -72,20 +85,24 @@ class _Stopped(Exception):
 class _Model:
     artifact: Artifact
     artifact_id: str
-    trainer: Trainer
     data: Dataset
 
 
 class DeviceAgent:
-    def __init__(self, config: AgentConfig, policy: EligibilityPolicy | None = None) -> None:
+    def __init__(self, config: AgentConfig, policy: EligibilityPolicy | None = None,
+                 pace: Pace | None = None) -> None:
         self.config = config
         self.policy: EligibilityPolicy = policy or AlwaysEligible()
+        self.pace: Pace = pace or RealPace()
+        self.backend = select_backend(config.backend)
+        self.stats = AgentStats()
         self.topics = config.topics
         self._cache = ArtifactCache(config.cache_dir)
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._newest_task = ""
         self._model: _Model | None = None
         self._global: tuple[int, Weights] | None = None
+        self._global_bytes = 0  # size of the global model's payload, what a device downloads for a round
         self._unusable = ""  # why the device cannot take part (its data does not fit the model), if so
         self._waiting: Task | None = None  # a task whose global model has not arrived yet
         self._results: dict[str, tuple[str, bytes]] = {}  # task id -> the report sent, resent if the task comes again
@@ -159,20 +176,25 @@ class DeviceAgent:
         artifact = self._cache.get(header.artifact_id) or self._cache.put(header.artifact_id, files)
         self._model, self._global = None, None
         try:
-            data = load_data(self.config.data, artifact.manifest, self.config.label_column)
+            data = self._load_data(artifact)
         except EdgeRuntimeError as exc:
             self._unusable = f"local data does not fit the model: {exc}"
             log.error("%s: %s", self.config.device_id, self._unusable)
             self.publish_status()
             return
-        trainer = Trainer(artifact, backend=self.config.backend, num_threads=self.config.num_threads)
-        self._model, self._unusable = _Model(artifact, header.artifact_id, trainer, data), ""
+        self._model, self._unusable = _Model(artifact, header.artifact_id, data), ""
         log.info("%s: artifact %s loaded, %d local examples", self.config.device_id, header.artifact_id[:12],
                  len(data))
         self.publish_status()
         if self._early_global:
             payload, self._early_global = self._early_global, b""
             self._on_global(payload)
+
+    def _load_data(self, artifact: Artifact) -> Dataset:
+        data = self.config.data
+        if isinstance(data, Dataset):
+            return check_arrays(data.x, data.y, artifact.manifest, f"device {self.config.device_id}'s data")
+        return load_data(data, artifact.manifest, self.config.label_column)
 
     def _on_global(self, payload: bytes) -> None:
         if self._model is None:
@@ -185,6 +207,7 @@ class DeviceAgent:
                      header.artifact_id[:12])
             return
         self._global = (header.version, check_weights(tensors, self._model.artifact.manifest.weights))
+        self._global_bytes = len(payload)
         log.info("%s: global model version %d", self.config.device_id, header.version)
         self.publish_status()
         if self._waiting is not None:
@@ -200,8 +223,10 @@ class DeviceAgent:
             return  # superseded while it sat in the queue
         if task.task_id in self._results:
             topic, report = self._results[task.task_id]
-            self._conn.publish(topic, report)  # delivered again after a reconnect: resend, do not retrain
+            if topic:
+                self._conn.publish(topic, report)  # delivered again after a reconnect: resend, do not retrain
             return
+        self.stats.tasks += 1
         self._start(task)
 
     # -- tasks ------------------------------------------------------------------------------------
@@ -215,10 +240,17 @@ class DeviceAgent:
             self._finish(task, self._failure(task, "failed", f"task is for model version {task.model_version}, "
                                                                 f"the current global is {current[0]}"))
             return
+        if isinstance(task, TrainTask) and self.pace.drops_out(task.round):
+            self.stats.dropped += 1
+            log.info("%s: round %d: dropping out (emulated)", self.config.device_id, task.round)
+            self._results = {task.task_id: ("", b"")}  # nothing is ever sent for this task
+            return
         try:
             self._check_continue(task, 0)
             result = self._run(task, model, current[1])
         except _Stopped as stop:
+            if stop.outcome == "interrupted":
+                self.stats.interrupted += 1
             if stop.outcome == "withdrawn":
                 log.info("%s: task %s withdrawn by the coordinator", self.config.device_id, task.task_id)
                 return
@@ -229,18 +261,30 @@ class DeviceAgent:
             self._finish(task, result)
 
     def _run(self, task: Task, model: _Model, base: Weights) -> tuple[str, bytes]:
-        """Run a task from the global weights; the policy counts its time (budget) and a finished training."""
+        """Run a task from the global weights; the policy counts its time (budget) and a finished training.
+
+        The interpreter exists only for the task's duration.
+        """
         self.policy.begin_task()
         trained = False
         try:
-            model.trainer.set_weights(base)
+            trainer = Trainer(model.artifact, backend=self.backend, num_threads=self.config.num_threads)
+            trainer.set_weights(base)
             if isinstance(task, EvaluateTask):
-                return self._evaluate(task, model)
-            result = self._train(task, model, base)
+                return self._evaluate(task, trainer, model.data)
+            result = self._train(task, trainer, model.data, base)
             trained = True
+            self.stats.trained += 1
             return result
         finally:
             self.policy.end_task(trained)
+
+    def _wait(self, task: Task, seconds: float, steps: int) -> None:
+        """Wait ``seconds`` of real time for the pace, checking the task may go on at least every 50 ms."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._stop.wait(min(left, 0.05))
+            self._check_continue(task, steps)
 
     def _check_continue(self, task: Task, steps: int) -> None:
         """Raise ``_Stopped`` if the task must end now; called before training and after every step.
@@ -252,28 +296,31 @@ class DeviceAgent:
             raise _Stopped("withdrawn", "withdrawn by the coordinator")
         if self._stop.is_set():
             raise _Stopped("interrupted", "the device is shutting down")
-        if time.time() > task.deadline:
+        if self.config.clock() > task.deadline:
             raise _Stopped("failed", "the round's deadline passed")
         self._decision = self.policy.check()
         if not self._decision.eligible:
             log.info("%s: stopping %s after %d training steps", self.config.device_id, task.task_id, steps)
             raise _Stopped("interrupted", "; ".join(self._decision.reasons))
 
-    def _train(self, task: TrainTask, model: _Model, base: Weights) -> tuple[str, bytes]:
-        data = model.data
+    def _train(self, task: TrainTask, trainer: Trainer, data: Dataset, base: Weights) -> tuple[str, bytes]:
         log.info("%s: round %d: training %d epochs on %d examples", self.config.device_id, task.round, task.epochs,
                  len(data))
-        result = model.trainer.fit(data.x, data.y, epochs=task.epochs, lr=task.lr, seed=task.seed,
-                                   on_step=lambda step, loss: self._check_continue(task, step + 1))
-        update, norm = clip(difference(model.trainer.get_weights(), base), task.clip_norm)
+        self._wait(task, self.pace.download_wait_s(self._global_bytes), 0)
+        result = trainer.fit(data.x, data.y, epochs=task.epochs, lr=task.lr, seed=task.seed,
+                             on_step=lambda step, loss: self._check_continue(task, step + 1))
+        self._wait(task, self.pace.compute_wait_s(result.wall_time_s), result.steps)
+        update, norm = clip(difference(trainer.get_weights(), base), task.clip_norm)
         header = UpdateHeader(self.config.device_id, task.task_id, task.round, task.model_version,
                               len(data), result.mean_loss, norm)
+        payload = encode_tensors(header, update)
+        self._wait(task, self.pace.upload_wait_s(len(payload)), result.steps)
         log.info("%s: round %d trained, loss %.4f, update norm %.3f (bound %.3f)", self.config.device_id,
                  task.round, result.mean_loss, norm, task.clip_norm)
-        return self.topics.update(self.config.device_id), encode_tensors(header, update)
+        return self.topics.update(self.config.device_id), payload
 
-    def _evaluate(self, task: EvaluateTask, model: _Model) -> tuple[str, bytes]:
-        result = model.trainer.evaluate(model.data.x, model.data.y)
+    def _evaluate(self, task: EvaluateTask, trainer: Trainer, data: Dataset) -> tuple[str, bytes]:
+        result = trainer.evaluate(data.x, data.y)
         report = EvaluationReport(self.config.device_id, task.task_id, task.round, task.model_version,
                                   result.examples, result.loss * result.examples,
                                   round(result.accuracy * result.examples))
@@ -304,8 +351,18 @@ class DeviceAgent:
             self.config.device_id, online, decision.eligible, decision.reasons[:8],
             examples=len(model.data) if model else 0, artifact_id=model.artifact_id if model else "",
             model_version=self._global[0] if self._global else -1,
-            backend=model.trainer.backend.name if model else "", sent_at=time.time(),
+            backend=self.backend.name if model else "", sent_at=time.time(),
         )
+
+
+@dataclass
+class AgentStats:
+    """What a device did, counted for an emulator's run summary (written by the agent thread only)."""
+
+    tasks: int = 0
+    trained: int = 0
+    interrupted: int = 0
+    dropped: int = 0
 
 
 def _task_id(payload: bytes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,9 +40,8 @@ class ArtifactCache:
         """Write the files of artifact ``key`` atomically and load them (which verifies every sha256)."""
         if MANIFEST_FILE not in files or artifact_id(files[MANIFEST_FILE]) != key:
             raise ArtifactError(None, f"artifact bundle {key} has no {MANIFEST_FILE} hashing to its id")
-        staging = self.root / f".{key}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=self.root))  # one per writer
         for name, content in files.items():
             (staging / name).write_bytes(content)
         try:
@@ -50,6 +50,15 @@ class ArtifactCache:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         target = self.root / key
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        existing = self.get(key)  # another writer (an emulated device sharing this cache) may have been first
+        if existing is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return existing
+        try:
+            os.replace(staging, target)
+        except OSError:  # a writer won the race between the check and the rename
+            shutil.rmtree(staging, ignore_errors=True)
+            if (existing := self.get(key)) is None:
+                raise
+            return existing
         return Artifact(target, staged.manifest)
