@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         num_threads=args.threads,
     )
-    if not config.data.is_file():
-        raise DataError(config.data, "no such file; expected a .npz (x, y) or .csv training file")
+    if not args.data.is_file():
+        raise DataError(args.data, "no such file; expected a .npz (x, y) or .csv training file")
     policy = build_policy(args.policy, args.signals, cache_dir)
     if args.nice:
         os.nice(args.nice)  # the whole process, so the interpreter's worker threads inherit it
