@@ -16,8 +16,9 @@ from coordinator.rounds import LATE, RoundOutcome, Tally
 log = logging.getLogger(__name__)
 
 
-def round_line(outcome: RoundOutcome, tally: Tally, duration_s: float, model_version: int,
+def round_line(outcome: RoundOutcome, tally: Tally, started_at: float, duration_s: float, model_version: int,
                test: Metrics | None, federated: Metrics | None) -> dict[str, Any]:
+    """``started_at`` is on the coordinator's clock (seconds since the epoch; simulated in an emulated fleet)."""
     plan = outcome.plan
     return {
         "round": plan.number,
@@ -39,6 +40,7 @@ def round_line(outcome: RoundOutcome, tally: Tally, duration_s: float, model_ver
         "train_loss": outcome.train_loss,
         "bytes_in": tally.bytes_in,
         "bytes_out": tally.bytes_out,
+        "started_at": round(started_at, 3),
         "duration_s": round(duration_s, 3),
         "test": asdict(test) if test else None,
         "federated_eval": asdict(federated) if federated else None,

@@ -150,7 +150,7 @@ class Coordinator:
     # -- a training round -------------------------------------------------------------------------
 
     def _train_round(self, stop: threading.Event) -> None:
-        started, number = time.monotonic(), self.state.next_round
+        started, started_at, number = time.monotonic(), self.clock(), self.state.next_round
         plan = self._plan(number)
         self._round = current = OpenRound(plan, self.weights, self.artifact.manifest.weights, self.strategy,
                                           self._tally)
@@ -167,7 +167,7 @@ class Coordinator:
         self._round = None
         if outcome.closed_by == "stopped":
             return
-        self._finish_round(outcome, started, stop)
+        self._finish_round(outcome, started, started_at, stop)
 
     def _plan(self, number: int) -> RoundPlan:
         eligible, goal, chosen = self._choose(self.config.min_clients, self.config.seed, number)
@@ -191,7 +191,7 @@ class Coordinator:
             self._pump(_POLL_S)
         return "done"
 
-    def _finish_round(self, outcome: RoundOutcome, started: float, stop: threading.Event) -> None:
+    def _finish_round(self, outcome: RoundOutcome, started: float, started_at: float, stop: threading.Event) -> None:
         committed = outcome.weights is not None  # a round carries new weights exactly when it committed
         if outcome.weights is not None:
             self.weights = outcome.weights
@@ -206,8 +206,8 @@ class Coordinator:
         every = self.config.eval_every
         if committed and every and outcome.plan.number % every == 0:
             federated = self._evaluate_on_devices(outcome.plan.number, stop)
-        self._log.write(round_line(outcome, self._tally, time.monotonic() - started, self.state.model_version,
-                                   test, federated))
+        self._log.write(round_line(outcome, self._tally, started_at, time.monotonic() - started,
+                                   self.state.model_version, test, federated))
         self._tally = Tally()
 
     def _withdraw_tasks(self, devices: frozenset[str]) -> None:
