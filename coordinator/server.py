@@ -85,6 +85,7 @@ class Coordinator:
         self._evaluation: EvaluationRound | None = None
         self._tally = Tally()  # counts for the next round line: that round, its evaluation, and the wait before it
         self._settled = False
+        self._next_start = -float("inf")  # on self.clock: the earliest start of the next round (round-interval)
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
         options = mqtt_options(config.broker, f"edgefl-coordinator-{config.federation}", config.username,
@@ -138,7 +139,7 @@ class Coordinator:
             self._settled = True
         while not stop.is_set():
             have = len(self.eligible())
-            if have >= self.config.min_clients:
+            if have >= self.config.min_clients and self.clock() >= self._next_start:
                 return True
             if time.monotonic() >= next_note:
                 log.info("round %d waits for %d eligible devices (%d now)", self.state.next_round,
@@ -151,6 +152,7 @@ class Coordinator:
 
     def _train_round(self, stop: threading.Event) -> None:
         started, started_at, number = time.monotonic(), self.clock(), self.state.next_round
+        self._next_start = started_at + self.config.round_interval
         plan = self._plan(number)
         self._round = current = OpenRound(plan, self.weights, self.artifact.manifest.weights, self.strategy,
                                           self._tally)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 FIGSIZE_IN = (12.0, 9.0)
 DPI = 100
 _MB = 1_000_000
-_PARTICIPATION = ("selected", "reported", "dropped", "interrupted", "failed")
+_PARTICIPATION = ("selected", "reported", "dropped", "cancelled", "interrupted", "failed")
 _NO_MATPLOTLIB = "the fleet report needs matplotlib; expected it installed (pip install 'edgefl[fleet]')"
 
 
@@ -86,16 +86,21 @@ def _round_axis(ax: Axes, rounds: Sequence[_Round]) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     first, last = rounds[0].number, rounds[-1].number
     ax.set_xlim(first - 0.6, last + 0.6)
     ax.grid(True, alpha=0.3)
 
 
-def _legend(ax: Axes, **kwargs: Any) -> None:
+def _legend(ax: Axes, ncols: int = 1) -> None:
     handles, _ = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(fontsize="small", **kwargs)
+        ax.legend(fontsize="small", loc="best", ncols=ncols)
+
+
+def _headroom(ax: Axes, top: float) -> None:
+    """Start the y axis at 0 and leave a band above the data for the legend."""
+    ax.set_ylim(0.0, max(top, 1.0) * 1.35)
 
 
 def _accuracy_panel(ax: Axes, rounds: Sequence[_Round]) -> None:
@@ -115,11 +120,12 @@ def _accuracy_panel(ax: Axes, rounds: Sequence[_Round]) -> None:
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy by round")
     _round_axis(ax, rounds)
-    _legend(ax, loc="lower right")
+    _legend(ax)
 
 
 def _eligible_panel(fig: Figure, ax: Axes, rounds: Sequence[_Round]) -> None:
     from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
 
     first, last = rounds[0].number, rounds[-1].number
     norm = Normalize(first - 0.5, last + 0.5) if first == last else Normalize(first, last)
@@ -127,7 +133,7 @@ def _eligible_panel(fig: Figure, ax: Axes, rounds: Sequence[_Round]) -> None:
                         cmap="viridis", norm=norm, s=18, label="round start")
     means = _hourly_means(rounds)  # NaN breaks the line over hours without data
     ax.plot([h + 0.5 for h in range(24)], means, color="black", marker=".", linewidth=1.2, label="mean per hour")
-    fig.colorbar(points, ax=ax, label="round")
+    fig.colorbar(points, ax=ax, label="round", ticks=MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlim(0.0, 24.0)
     ax.set_xticks(range(0, 25, 3))
     ax.set_ylim(bottom=0.0)
@@ -135,19 +141,19 @@ def _eligible_panel(fig: Figure, ax: Axes, rounds: Sequence[_Round]) -> None:
     ax.set_ylabel("eligible devices")
     ax.set_title("Eligible devices by simulated hour")
     ax.grid(True, alpha=0.3)
-    _legend(ax, loc="upper left")
+    _legend(ax)
 
 
 def _participation_panel(ax: Axes, rounds: Sequence[_Round]) -> None:
     numbers = [r.number for r in rounds]
-    ax.plot(numbers, [r.goal for r in rounds], color="gray", linestyle="--", linewidth=1, label="goal")
+    ax.plot(numbers, [r.goal for r in rounds], color="gray", linestyle="--", linewidth=1, marker="_", label="goal")
     for name in _PARTICIPATION:
         ax.plot(numbers, [r.counts[name] for r in rounds], marker="o", markersize=3, label=name)
-    ax.set_ylim(bottom=0.0)
+    _headroom(ax, max(max(r.goal, *r.counts.values()) for r in rounds))
     ax.set_ylabel("devices")
     ax.set_title("Participation by round")
     _round_axis(ax, rounds)
-    _legend(ax, loc="upper left", ncols=3)
+    _legend(ax, ncols=3)
 
 
 def _bytes_panel(ax: Axes, rounds: Sequence[_Round]) -> None:
@@ -155,10 +161,11 @@ def _bytes_panel(ax: Axes, rounds: Sequence[_Round]) -> None:
     width = 0.4
     ax.bar([n - width / 2 for n in numbers], [r.bytes_in / _MB for r in rounds], width, label="received (in)")
     ax.bar([n + width / 2 for n in numbers], [r.bytes_out / _MB for r in rounds], width, label="published (out)")
+    _headroom(ax, max(max(r.bytes_in, r.bytes_out) for r in rounds) / _MB)
     ax.set_ylabel("MB")
     ax.set_title("Coordinator bytes by round")
     _round_axis(ax, rounds)
-    _legend(ax, loc="upper left")
+    _legend(ax, ncols=2)
 
 
 def write_report(path: Path, lines: Sequence[Mapping[str, Any]], title: str) -> Path:
@@ -173,14 +180,14 @@ def write_report(path: Path, lines: Sequence[Mapping[str, Any]], title: str) -> 
         raise EdgeflError(_NO_MATPLOTLIB) from exc
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI, layout="tight")
     try:
-        canvas = FigureCanvasAgg(fig)
+        FigureCanvasAgg(fig)  # attaches itself: the figure draws on Agg, never through pyplot
         axes = fig.subplots(2, 2)
         fig.suptitle(title)
         _accuracy_panel(axes[0, 0], rounds)
         _eligible_panel(fig, axes[0, 1], rounds)
         _participation_panel(axes[1, 0], rounds)
         _bytes_panel(axes[1, 1], rounds)
-        canvas.print_png(path)
+        fig.savefig(path, format="png", dpi=DPI)
     finally:
         fig.clear()
     return path

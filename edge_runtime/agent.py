@@ -116,6 +116,11 @@ class DeviceAgent:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
+    @property
+    def ready(self) -> threading.Event:
+        """Set once connected with every subscription acknowledged by the broker."""
+        return self._conn.subscribed
+
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set, then publish an offline status and disconnect."""
         self._stop = stop
@@ -132,11 +137,11 @@ class DeviceAgent:
                 if time.monotonic() - self._checked_at >= self.policy.check_interval_s:
                     self.recheck()
         finally:
-            self._conn.publish(self.topics.status(self.config.device_id), encode(self._status(online=False)),
-                               retain=True)
+            self._publish(self.topics.status(self.config.device_id), encode(self._status(online=False)), retain=True)
             self._conn.close()
 
     def _receive(self, topic: str, payload: bytes) -> None:  # paho's network thread
+        self.stats.bytes_received += len(payload)  # this thread is the field's only writer
         if topic == self.topics.task(self.config.device_id):
             self._newest_task = _task_id(payload)
         self._inbox.put((topic, payload))
@@ -224,7 +229,7 @@ class DeviceAgent:
         if task.task_id in self._results:
             topic, report = self._results[task.task_id]
             if topic:
-                self._conn.publish(topic, report)  # delivered again after a reconnect: resend, do not retrain
+                self._publish(topic, report)  # delivered again after a reconnect: resend, do not retrain
             return
         self.stats.tasks += 1
         self._start(task)
@@ -334,13 +339,17 @@ class DeviceAgent:
 
     def _finish(self, task: Task, result: tuple[str, bytes]) -> None:
         self._results = {task.task_id: result}
-        self._conn.publish(*result)
+        self._publish(*result)
         self.recheck(publish=True)  # eligibility may have changed while it worked (an interrupted task)
 
     # -- status -----------------------------------------------------------------------------------
 
     def publish_status(self) -> None:
-        self._conn.publish(self.topics.status(self.config.device_id), encode(self._status(online=True)), retain=True)
+        self._publish(self.topics.status(self.config.device_id), encode(self._status(online=True)), retain=True)
+
+    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.stats.bytes_sent += len(payload)
+        self._conn.publish(topic, payload, retain=retain)
 
     def _status(self, online: bool) -> DeviceStatus:
         decision = self._decision if online else Decision(False, ("offline",))
@@ -357,12 +366,14 @@ class DeviceAgent:
 
 @dataclass
 class AgentStats:
-    """What a device did, counted for an emulator's run summary (written by the agent thread only)."""
+    """What a device did, counted for an emulator's run summary."""
 
     tasks: int = 0
     trained: int = 0
     interrupted: int = 0
     dropped: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
 
 
 def _task_id(payload: bytes) -> str:

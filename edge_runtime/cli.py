@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "edge_runtime.device_cli",
     "coordinator.cli",
     "coordinator.broker_cli",
+    "device_profiles.fleet_cli",
 )
 
 

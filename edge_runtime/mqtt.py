@@ -86,6 +86,7 @@ class MqttConnection:
         self._on_connect = on_connect
         self._will = will
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker acknowledged this connection's subscriptions
         self._refused: str | None = None
         self._ever_connected = False
         self._closing = False
@@ -182,6 +183,7 @@ class MqttConnection:
         client.on_disconnect = self._handle_disconnect
         client.on_connect_fail = self._handle_connect_fail
         client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
         self._client = client
         try:
             client.connect_async(opts.broker.host, opts.broker.port, keepalive=opts.keepalive_s)
@@ -220,13 +222,18 @@ class MqttConnection:
                 client.disconnect()  # a refusal at start-up is final; start() reports it
             return
         self._unreachable = False
-        for topic in self.subscriptions:
-            client.subscribe(topic, qos=1)
+        if self.subscriptions:
+            client.subscribe([(topic, 1) for topic in self.subscriptions])
+        else:
+            self.subscribed.set()
         self.connected.set()
         self._ever_connected = True
         log.info("connected to %s as %s (MQTT %s)", self.options.broker, self.options.client_id, self._protocol)
         if self._on_connect is not None:
             self._on_connect()
+
+    def _handle_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
+        self.subscribed.set()
 
     def _handle_connect_fail(self, client: Any, userdata: Any) -> None:
         self._unreachable = True
@@ -235,6 +242,7 @@ class MqttConnection:
         if self.connected.is_set() and not self._closing:
             log.warning("lost the connection to %s (%s); reconnecting", self.options.broker, reason)
         self.connected.clear()
+        self.subscribed.clear()
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
         self._on_message(message.topic, bytes(message.payload))

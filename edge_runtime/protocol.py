@@ -76,6 +76,11 @@ class Topics:
     def coordinator(self) -> str:
         return f"{self.root}/coordinator/state"
 
+    @property
+    def fleet_clock(self) -> str:
+        """An emulated fleet's shared simulated clock (``edgefl fleet --shard``); physical devices ignore it."""
+        return f"{self.root}/fleet/clock"
+
     def status(self, device_id: str) -> str:
         return f"{self.root}/devices/{check_name(device_id, 'device id')}/status"
 
@@ -193,12 +198,23 @@ class CoordinatorState:
     kind: Literal["coordinator"] = "coordinator"
 
 
+@dataclass(frozen=True)
+class FleetClock:
+    """Retained by the first shard of an emulated fleet: simulated time = sim_start + (now - wall_start) * rate."""
+
+    wall_start: float
+    sim_start: float
+    rate: float
+    kind: Literal["fleet-clock"] = "fleet-clock"
+
+
 Task = TrainTask | EvaluateTask
 Report = TaskFailed | EvaluationReport
-ControlMessage = DeviceStatus | TrainTask | EvaluateTask | TaskFailed | EvaluationReport | CoordinatorState
+ControlMessage = (DeviceStatus | TrainTask | EvaluateTask | TaskFailed | EvaluationReport | CoordinatorState
+                  | FleetClock)
 _CONTROL: dict[str, type[Any]] = {
     "status": DeviceStatus, "train": TrainTask, "evaluate": EvaluateTask, "failed": TaskFailed,
-    "evaluation": EvaluationReport, "coordinator": CoordinatorState,
+    "evaluation": EvaluationReport, "coordinator": CoordinatorState, "fleet-clock": FleetClock,
 }
 M = TypeVar("M")
 

@@ -21,12 +21,12 @@ def round_line(n: int) -> dict[str, Any]:
     abandoned = n in ABANDONED
     accuracy = min(0.95, 0.3 + 0.06 * n)
     summary = {"loss": 1.0 / n, "accuracy": accuracy, "examples": 360}
-    reported = 2 if abandoned else 8
+    reported, interrupted = (2, 1) if abandoned else (8, 0)
     return {
         "round": n, "status": "abandoned" if abandoned else "committed",
         "eligible": 10 + (n * 7) % 25, "goal": 8, "selected": 10, "reported": reported,
-        "failed": n % 2, "interrupted": 1 if abandoned else 0, "dropped": 10 - reported - n % 2 - (1 if abandoned else 0),
-        "late": n % 3, "bytes_in": reported * 250_000, "bytes_out": 10 * 250_000 + 4_000,
+        "failed": n % 2, "interrupted": interrupted, "dropped": 10 - reported - n % 2 - interrupted,
+        "cancelled": n % 2, "late": n % 3, "bytes_in": reported * 250_000, "bytes_out": 10 * 250_000 + 4_000,
         "test": None if abandoned else summary,
         "federated_eval": {**summary, "accuracy": accuracy - 0.05} if n in EVALUATED else None,
         "sim_hour": (2.5 * n) % 24, "sim_time": 1_700_000_000.0 + 9000.0 * n, "wall_s": 1.5 * n,

@@ -1,0 +1,41 @@
+"""One emulated device: the real agent and scheduler, with signals, waits and drop-outs from its profile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from device_profiles.availability import SLOT_S, ProfileSignals
+from device_profiles.clock import SimClock, Speedup
+from device_profiles.prepare import DeviceEntry
+from device_profiles.profile_pace import ProfilePace
+from device_profiles.profiles import DeviceProfile
+from edge_runtime.agent import AgentConfig, DeviceAgent
+from edge_runtime.data import Dataset
+from edge_runtime.mqtt import MqttOptions
+from edge_runtime.policy import Scheduler
+from edge_runtime.policy_file import Policy
+from edge_runtime.protocol import Topics
+from edge_runtime.signals import SignalReader
+
+# What an emulated device asks before it trains, unless the run gives a policy file: the production triple.
+DEFAULT_POLICY = Policy(require_charging=True, require_unmetered=True, min_user_idle_s=600.0,
+                        unknown_signals="ignore")
+CHECKS_PER_SLOT = 4  # availability changes once per slot; the agent re-checks this many times per slot
+
+
+def check_interval_s(rate: float) -> float:
+    """Real seconds between an idle agent's policy checks, so that it sees each availability slot change."""
+    return min(10.0, max(0.2, SLOT_S / CHECKS_PER_SLOT / rate))
+
+
+def emulated_agent(entry: DeviceEntry, profile: DeviceProfile, data: Dataset, *, mqtt: MqttOptions, topics: Topics,
+                   cache_dir: Path, clock: SimClock, speedup: Speedup, deadline_clock: Callable[[], float],
+                   policy: Policy, seed: int, backend: str | None) -> DeviceAgent:
+    signals = ProfileSignals(profile, entry.index, seed, clock.now, entry.utc_offset)
+    scheduler = Scheduler(replace(policy, check_interval_s=check_interval_s(clock.rate)), SignalReader([signals]),
+                          clock=clock.now, utc_offset_h=entry.utc_offset)
+    config = AgentConfig(device_id=entry.id, data=data, mqtt=mqtt, cache_dir=cache_dir, topics=topics,
+                         backend=backend, num_threads=1, clock=deadline_clock)
+    return DeviceAgent(config, scheduler, ProfilePace(profile, speedup, seed, entry.index))

@@ -1,0 +1,191 @@
+"""``edgefl fleet``: a whole emulated fleet, the real coordinator and real device agents, on one simulated clock.
+
+The first shard prepares the run (data, partition, devices, artifact), starts
+the broker unless one is given, publishes the clock, starts its device
+workers and runs the coordinator in this process; every round line is
+annotated with the simulated time and written to the run folder. Other
+shards (``--shard i/n`` on other machines) run devices only, on the clock the
+first one published, until the coordinator says it has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from coordinator.config import CoordinatorConfig
+from device_profiles.clock import SimClock, hour_of_day
+from device_profiles.fleet_config import EMBEDDED, FleetConfig
+from device_profiles.prepare import (
+    DeviceEntry,
+    assign_devices,
+    default_cache,
+    export_artifact,
+    prepare_data,
+    save_devices,
+    write_config_toml,
+)
+from device_profiles.processes import FleetError, launch, start_embedded_broker, stop_all
+from device_profiles.profiles import load_profiles
+from device_profiles.run_folder import RunFolder, write_json
+from device_profiles.summary import summarize
+from device_profiles.sync import FleetLink
+from device_profiles.worker import WorkerSpec
+
+log = logging.getLogger(__name__)
+RoundCallback = Callable[[dict[str, Any]], None]
+_RUN_FILES = ("rounds.jsonl", "summary.json", "report.png", "coordinator", "workers", "logs", "cache")
+
+
+def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
+              note: Callable[[str], None] = log.info, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Run the fleet to the end; returns the summary (also written to ``summary.json``)."""
+    stop = stop or threading.Event()
+    folder = RunFolder(config.out)
+    _clear(folder)
+    write_config_toml(folder.config, config)
+    entries, classes = _prepare(config, folder, note)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        url, version = config.broker, "auto"
+        if config.broker == EMBEDDED:
+            broker, url = start_embedded_broker(folder.log("broker"))
+            procs.append(broker)
+            version = "3.1.1"  # amqtt speaks 3.1.1 only; saying so spares every device the v5 probe
+        with FleetLink(url, config.federation, version) as link:
+            clock = link.publish_clock(config) if config.runs_coordinator else link.wait_clock()
+            workers = _start_workers(config, folder, url, version, clock)
+            procs.extend(workers)
+            note(f"{len(_shard_indices(config))} devices in {len(workers)} worker process(es) on {url}, "
+                 f"speedup {config.speedup_value}, simulated start {hour_of_day(clock.sim_start):05.2f} h UTC")
+            finishing = _watch_workers(workers, stop)
+            if config.runs_coordinator:
+                lines = _coordinate(config, folder, url, version, clock, on_round, stop)
+            else:
+                link.wait_finished(clock.wall_start, stop)
+                lines = []
+            finishing.set()
+            stop_all(workers)
+            if config.runs_coordinator:
+                link.clear_retained([e.id for e in entries])
+    finally:
+        stop_all(procs)
+    summary = summarize(config, folder, lines, entries, clock, classes)
+    write_json(folder.summary, summary)
+    if lines:
+        from device_profiles.report import write_report
+
+        write_report(folder.report, lines, f"edgefl fleet: {config.devices} devices, {config.dataset} "
+                                           f"{config.partition}, {config.model}, {config.profiles}")
+    return summary
+
+
+def _clear(folder: RunFolder) -> None:
+    """Remove what an earlier run left in the folder (only the files a run writes)."""
+    for name in _RUN_FILES:
+        path = folder.root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    folder.root.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare(config: FleetConfig, folder: RunFolder, note: Callable[[str], None]) -> tuple[list[DeviceEntry], int]:
+    train, test, parts = prepare_data(config, folder)
+    entries = assign_devices(config, load_profiles(config.profile_file), parts)
+    save_devices(folder.devices, entries)
+    classes = int(max(train.y.max(), test.y.max())) + 1
+    note(f"{config.dataset}: {len(train)} training examples over {len(parts)} devices ({config.partition}), "
+         f"{len(test)} held out; {classes} classes")
+    if config.runs_coordinator:
+        export_artifact(config, train, classes, folder, default_cache())
+    return entries, classes
+
+
+def _shard_indices(config: FleetConfig) -> list[int]:
+    index, count = config.shard_index
+    return [int(i) for i in np.array_split(np.arange(config.devices), count)[index - 1]]
+
+
+def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: str,
+                   clock: SimClock) -> list[subprocess.Popen[bytes]]:
+    chunks = [c for c in np.array_split(np.array(_shard_indices(config), dtype=np.int64), config.processes) if c.size]
+    workers = []
+    for worker, chunk in enumerate(chunks):
+        spec = WorkerSpec(run=str(folder.root.resolve()), worker=worker, indices=[int(i) for i in chunk], broker=url,
+                          federation=config.federation, mqtt_version=version, clock=asdict(clock),
+                          speedup=str(config.speedup_value), seed=config.seed,
+                          profile_file=str(config.profile_file) if config.profile_file else None,
+                          policy=str(config.policy) if config.policy else None, backend=config.backend)
+        write_json(folder.worker_spec(worker), asdict(spec))
+        proc = launch(["-m", "device_profiles.worker", str(folder.worker_spec(worker))], folder.log(f"worker-{worker}"))
+        workers.append(proc)
+        _wait_ready(proc, folder, worker, len(chunk))
+    return workers
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], folder: RunFolder, worker: int, devices: int) -> None:
+    """Workers start one after another, each once the previous one's devices are connected."""
+    deadline = time.monotonic() + 60.0 + 0.5 * devices
+    while not folder.worker_ready(worker).exists():
+        if proc.poll() is not None:
+            raise FleetError(f"device worker {worker} exited with code {proc.returncode} while starting; "
+                             f"see {folder.log(f'worker-{worker}')}")
+        if time.monotonic() > deadline:
+            raise FleetError(f"device worker {worker} did not connect its {devices} devices in time; "
+                             f"see {folder.log(f'worker-{worker}')}")
+        time.sleep(0.1)
+
+
+def _watch_workers(workers: list[subprocess.Popen[bytes]], stop: threading.Event) -> threading.Event:
+    """Stop the run if every worker process dies (a crash, the OOM killer) before the returned event is set."""
+    finishing = threading.Event()
+
+    def watch() -> None:
+        while not finishing.wait(1.0):
+            if all(w.poll() is not None for w in workers):
+                log.error("every device worker exited; stopping the run (see the logs/ folder)")
+                stop.set()
+                return
+
+    threading.Thread(target=watch, name="fleet-watch", daemon=True).start()
+    return finishing
+
+
+def _coordinate(config: FleetConfig, folder: RunFolder, url: str, version: str, clock: SimClock,
+                on_round: RoundCallback | None, stop: threading.Event) -> list[dict[str, Any]]:
+    from coordinator.server import Coordinator
+
+    simulated = not config.speedup_value.is_max
+    lines: list[dict[str, Any]] = []
+
+    def record(line: dict[str, Any]) -> None:
+        started = line["started_at"] if simulated else clock.at(line["started_at"])
+        line = {**line, "sim_time": round(started, 1), "sim_hour": round(hour_of_day(started), 3),
+                "wall_s": round(time.time() - clock.wall_start, 3)}
+        lines.append(line)
+        with open(folder.rounds, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        if on_round is not None:
+            on_round(line)
+
+    coordinator = Coordinator(CoordinatorConfig(
+        artifact=folder.artifact, state_dir=folder.coordinator, broker=url, federation=config.federation,
+        mqtt_version=version, rounds=config.rounds, fraction=config.fraction, min_clients=config.min_clients,
+        over_select=config.over_select, min_reports=config.min_reports, round_timeout=config.round_timeout,
+        round_interval=config.round_interval if simulated else config.round_interval / clock.rate,
+        local_epochs=config.local_epochs, lr=config.lr, clip_norm=config.clip_norm, server_lr=config.server_lr,
+        eval_every=config.eval_every, test_data=folder.test, seed=config.seed,
+    ), clock=clock.now if simulated else time.time, on_round=record)
+    coordinator.run(stop)
+    return lines

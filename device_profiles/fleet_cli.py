@@ -1,0 +1,124 @@
+"""``edgefl fleet``: emulate a fleet of devices on this machine; a progress bar and one line per round."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from device_profiles.fleet_config import FleetConfig, build_fleet_config
+from edge_runtime.argtypes import int_list, positive_float, positive_int
+
+DEFAULTS = FleetConfig()
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "fleet", help="emulate a fleet of heterogeneous devices on this machine (real agents and coordinator)",
+        description="Partition a dataset over N emulated devices with profiles (speed, network, battery, "
+                    "availability by hour, drop-out), run the real device agent for each against a broker "
+                    "(embedded by default) and the real coordinator, on one simulated clock. Writes a run folder: "
+                    "rounds.jsonl, partition.npz, devices.json, summary.json, report.png. Every option can also "
+                    "be set in a TOML file (--config) under the same name; flags win over the file.")
+    p.add_argument("--config", type=Path, help="TOML file with any of the options below")
+    fleet = p.add_argument_group("fleet")
+    fleet.add_argument("--devices", type=positive_int, help=f"emulated devices ({DEFAULTS.devices})")
+    fleet.add_argument("--dataset", help="digits, breast_cancer, wine, a .npz/.csv file, or a folder of per-device "
+                                         f"files ({DEFAULTS.dataset})")
+    fleet.add_argument("--partition", help="iid, dirichlet:ALPHA, shards:K or quantity:SIGMA "
+                                           f"({DEFAULTS.partition})")
+    fleet.add_argument("--profiles", help="profile mix: NAME:WEIGHT,... or mixed (the default: phones, Pis and "
+                                          "gateways)")
+    fleet.add_argument("--profile-file", type=Path, help="TOML file of your own device profiles (added to the "
+                                                         "catalog)")
+    fleet.add_argument("--policy", type=Path, help="eligibility policy file for every device (default: charging, "
+                                                   "unmetered, idle 10 min)")
+    fleet.add_argument("--min-examples", type=positive_int, help=f"examples per device at least "
+                                                                 f"({DEFAULTS.min_examples})")
+    fleet.add_argument("--test-fraction", type=positive_float, help="held-out share the coordinator evaluates "
+                                                                    f"({DEFAULTS.test_fraction})")
+    fleet.add_argument("--label-column", help="label column of a .csv (label)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", choices=["mlp", "cnn"], help=f"model family ({DEFAULTS.model})")
+    model.add_argument("--hidden", type=int_list, help="dense hidden sizes, e.g. 64,32 (mlp 64; cnn none)")
+    model.add_argument("--filters", type=int_list, help="cnn: 3x3 conv filters per block (16,32)")
+    model.add_argument("--batch-size", type=positive_int, help=f"training batch size ({DEFAULTS.batch_size})")
+    model.add_argument("--lr", type=positive_float, help=f"device learning rate, SGD ({DEFAULTS.lr})")
+    model.add_argument("--momentum", type=float, help=f"SGD momentum ({DEFAULTS.momentum})")
+    rounds = p.add_argument_group("rounds")
+    rounds.add_argument("--rounds", type=positive_int, help=f"rounds ({DEFAULTS.rounds})")
+    rounds.add_argument("--fraction", type=positive_float, help="goal = this fraction of eligible devices "
+                                                                f"({DEFAULTS.fraction})")
+    rounds.add_argument("--min-clients", type=positive_int, help=f"goal at least ({DEFAULTS.min_clients})")
+    rounds.add_argument("--min-reports", type=positive_int, help=f"commit with at least ({DEFAULTS.min_reports})")
+    rounds.add_argument("--over-select", type=positive_float, help=f"select goal x this ({DEFAULTS.over_select})")
+    rounds.add_argument("--round-timeout", type=positive_float,
+                        help="round deadline in seconds of the coordinator's clock: simulated with --speedup S, "
+                             f"real with max ({DEFAULTS.round_timeout:g})")
+    rounds.add_argument("--round-interval", type=float,
+                        help="simulated seconds from one round's start to the next's, 0: back to back "
+                             f"({DEFAULTS.round_interval:g})")
+    rounds.add_argument("--local-epochs", type=positive_int, help=f"epochs per round ({DEFAULTS.local_epochs})")
+    rounds.add_argument("--clip-norm", type=positive_float, help=f"L2 bound of updates ({DEFAULTS.clip_norm:g})")
+    rounds.add_argument("--server-lr", type=positive_float, help=f"FedAvg server learning rate "
+                                                                 f"({DEFAULTS.server_lr:g})")
+    rounds.add_argument("--eval-every", type=int, help="federated evaluation every K rounds, 0: never "
+                                                       f"({DEFAULTS.eval_every})")
+    running = p.add_argument_group("running")
+    running.add_argument("--broker", help="embedded (an amqtt broker in its own process) or mqtt://HOST[:PORT] "
+                                          "(e.g. Mosquitto)")
+    running.add_argument("--federation", help=f"federation name, the topic prefix ({DEFAULTS.federation})")
+    running.add_argument("--speedup", help="simulated seconds per real second, e.g. 60, or max: no simulated "
+                                           "waiting at all (max)")
+    running.add_argument("--day-seconds", type=positive_float,
+                         help=f"with --speedup max, real seconds per simulated day ({DEFAULTS.day_seconds:g})")
+    running.add_argument("--start-hour", type=float, help="simulated UTC hour the run starts at (0)")
+    running.add_argument("--processes", type=positive_int, help="worker processes for the devices (1)")
+    running.add_argument("--shard", help="i/n: run the i-th of n slices of the devices; shard 1 runs the "
+                                         "coordinator, all share --broker (1/1)")
+    running.add_argument("--seed", type=int, help="seed of the split, partition, profiles and selection (0)")
+    running.add_argument("--out", type=Path, help=f"run folder ({DEFAULTS.out})")
+    running.add_argument("--backend", choices=["ai_edge_litert", "tflite_runtime", "tensorflow"],
+                         help="force a TFLite backend on the devices")
+    running.add_argument("--no-progress", action="store_true", help="no progress bar (the round lines remain)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from device_profiles.fleet import run_fleet
+
+    options = {name: value for name, value in vars(args).items()
+               if name not in ("config", "command", "handler", "verbose", "no_progress")}
+    config = build_fleet_config(args.config, options)
+    if not args.verbose:  # refused late updates and interrupted tasks are part of a fleet's life: counted, not shouted
+        logging.getLogger("coordinator").setLevel(logging.ERROR)
+    bar = tqdm(total=config.rounds, unit="round", desc="fleet", file=sys.stderr,
+               disable=args.no_progress or not config.runs_coordinator)
+
+    def on_round(line: dict[str, Any]) -> None:
+        bar.write(round_text(line), file=sys.stdout)
+        bar.update(1)
+
+    try:
+        summary = run_fleet(config, on_round=on_round, note=lambda text: bar.write(f"fleet: {text}", file=sys.stderr))
+    finally:
+        bar.close()
+    accuracy = summary["final_accuracy"]
+    best = summary["best_accuracy"]
+    print(f"fleet: {summary['committed']}/{summary['rounds']} rounds committed, final test accuracy "
+          f"{'-' if accuracy is None else f'{accuracy:.4f}'} (best {'-' if best is None else f'{best:.4f}'}), "
+          f"{summary['simulated_time_s'] / 3600:.1f} simulated h in {summary['wall_time_s']:.0f} s; "
+          f"run folder {config.out}", file=sys.stderr)
+    return 0 if summary["completed"] or not config.runs_coordinator else 1
+
+
+def round_text(line: dict[str, Any]) -> str:
+    test = line.get("test")
+    accuracy = f"{test['accuracy']:.4f}" if test else "-"
+    return (f"round {line['round']:>3} {line['status']:<9} {line['sim_hour']:05.2f}h  eligible {line['eligible']:>4}"
+            f"  selected {line['selected']:>3}  reported {line['reported']:>3}  dropped {line['dropped']:>2}"
+            f"  interrupted {line['interrupted']:>2}  acc {accuracy}  {line['duration_s']:.1f}s")

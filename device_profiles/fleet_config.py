@@ -1,0 +1,146 @@
+"""``edgefl fleet``'s options: one frozen value, from flags and an optional TOML file (``fleet.toml``).
+
+Keys are the flags' names (``round-timeout = 60``, ``hidden = [64, 32]``,
+``speedup = 60`` or ``"max"``); a flag wins over the file. A bad value is
+refused naming its key, before anything starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.errors import ConfigError
+from coordinator.options import build_options, want
+from device_profiles.clock import Speedup
+from device_profiles.partition import PartitionSpec, parse_partition
+from edge_runtime.data import DEFAULT_LABEL_COLUMN
+from edge_runtime.errors import ProtocolError
+from edge_runtime.protocol import check_name
+
+EMBEDDED = "embedded"
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    # the fleet
+    devices: int = 50
+    dataset: str = "digits"
+    partition: str = "dirichlet:0.5"
+    profiles: str = "mixed"
+    profile_file: Path | None = None
+    policy: Path | None = None
+    min_examples: int = 1
+    test_fraction: float = 0.2
+    label_column: str = DEFAULT_LABEL_COLUMN
+    # the model
+    model: str = "cnn"
+    hidden: tuple[int, ...] | None = None
+    filters: tuple[int, ...] = (16, 32)
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.9
+    # rounds
+    rounds: int = 40
+    fraction: float = 0.2
+    min_clients: int = 3
+    min_reports: int = 2
+    over_select: float = 1.3
+    round_timeout: float = 60.0
+    round_interval: float = 1800.0
+    local_epochs: int = 2
+    clip_norm: float = 10.0
+    server_lr: float = 1.0
+    eval_every: int = 0
+    # running it
+    broker: str = EMBEDDED
+    federation: str = "fleet"
+    speedup: str | float = "max"
+    day_seconds: float = 48.0
+    start_hour: float = 0.0
+    processes: int = 1
+    shard: str = "1/1"
+    seed: int = 0
+    out: Path = Path("runs/fleet")
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        want(self.devices >= 1, "devices", "an integer >= 1", self.devices)
+        want(self.min_examples >= 1, "min-examples", "an integer >= 1", self.min_examples)
+        want(0 < self.test_fraction < 1, "test-fraction", "a fraction in (0, 1)", self.test_fraction)
+        want(self.model in ("mlp", "cnn"), "model", "mlp or cnn", self.model)
+        want(self.hidden is None or all(h >= 1 for h in self.hidden), "hidden", "sizes >= 1", self.hidden)
+        want(bool(self.filters) and all(f >= 1 for f in self.filters), "filters", "sizes >= 1", self.filters)
+        want(self.batch_size >= 1, "batch-size", "an integer >= 1", self.batch_size)
+        want(self.lr > 0, "lr", "a learning rate > 0", self.lr)
+        want(0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
+        want(self.rounds >= 1, "rounds", "an integer >= 1", self.rounds)
+        want(0 < self.fraction <= 1, "fraction", "a number in (0, 1]", self.fraction)
+        want(self.min_clients >= 1, "min-clients", "an integer >= 1", self.min_clients)
+        want(1 <= self.min_reports <= self.min_clients, "min-reports",
+             f"an integer from 1 to min-clients ({self.min_clients})", self.min_reports)
+        want(self.over_select >= 1, "over-select", "a factor >= 1", self.over_select)
+        want(self.round_timeout > 0, "round-timeout", "seconds > 0", self.round_timeout)
+        want(self.round_interval >= 0, "round-interval", "simulated seconds >= 0", self.round_interval)
+        want(self.local_epochs >= 1, "local-epochs", "an integer >= 1", self.local_epochs)
+        want(self.clip_norm > 0, "clip-norm", "an L2 bound > 0", self.clip_norm)
+        want(self.server_lr > 0, "server-lr", "a number > 0", self.server_lr)
+        want(self.eval_every >= 0, "eval-every", "an integer >= 0 (0: never)", self.eval_every)
+        want(self.day_seconds > 0, "day-seconds", "seconds > 0", self.day_seconds)
+        want(0 <= self.start_hour < 24, "start-hour", "an hour in [0, 24)", self.start_hour)
+        want(self.processes >= 1, "processes", "an integer >= 1", self.processes)
+        want(self.backend in (None, "ai_edge_litert", "tflite_runtime", "tensorflow"), "backend",
+             "ai_edge_litert, tflite_runtime or tensorflow", self.backend)
+        want(self.broker == EMBEDDED or self.broker.startswith(("mqtt://", "mqtts://")), "broker",
+             "embedded, or mqtt://HOST[:PORT] / mqtts://HOST[:PORT]", self.broker)
+        self.partition_spec  # noqa: B018 -- parse now so a bad spec is refused before anything starts
+        self.speedup_value  # noqa: B018
+        count = self.shard_index[1]
+        want(count == 1 or self.broker != EMBEDDED, "shard",
+             "a shared broker (--broker mqtt://...) when the fleet is split over several machines", self.shard)
+        try:
+            check_name(self.federation, "federation")
+        except ProtocolError:
+            raise ConfigError("configuration", "federation", "1-64 characters from A-Z a-z 0-9 _ . -",
+                              self.federation) from None
+
+    @property
+    def partition_spec(self) -> PartitionSpec:
+        try:
+            return parse_partition(self.partition)
+        except ValueError as exc:
+            raise ConfigError("configuration", "partition", str(exc), self.partition) from None
+
+    @property
+    def speedup_value(self) -> Speedup:
+        try:
+            return Speedup.parse(self.speedup)
+        except ValueError as exc:
+            raise ConfigError("configuration", "speedup", str(exc), self.speedup) from None
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        """``(i, n)`` of ``--shard i/n``: this machine runs the i-th of n equal slices of the devices (1-based)."""
+        head, sep, tail = self.shard.partition("/")
+        try:
+            index, count = int(head), int(tail)
+        except ValueError:
+            index = count = 0
+        if not sep or not 1 <= index <= count:
+            raise ConfigError("configuration", "shard", "i/n with 1 <= i <= n, e.g. 1/1 or 2/3", self.shard)
+        return index, count
+
+    @property
+    def runs_coordinator(self) -> bool:
+        """The first shard runs the coordinator (and the embedded broker, on a single machine)."""
+        return self.shard_index[0] == 1
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return self.hidden if self.hidden is not None else ((64,) if self.model == "mlp" else ())
+
+
+def build_fleet_config(file: Path | None, overrides: Mapping[str, Any]) -> FleetConfig:
+    return build_options(FleetConfig, file, overrides)

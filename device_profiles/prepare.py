@@ -1,0 +1,164 @@
+"""Everything a fleet run needs before it starts: data split and partitioned, devices assigned, the artifact.
+
+The split, the partition and the device table are saved in the run folder and
+are reproducible from the seed; the artifact is exported with TensorFlow once
+per distinct model and reused from a cache afterwards (TensorFlow is imported
+only when an export is really needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from device_profiles.availability import draw
+from device_profiles.datasets import load_dataset, load_device_folder, train_test_split
+from device_profiles.fleet_config import FleetConfig
+from device_profiles.mix import assign, parse_mix
+from device_profiles.partition import partition, save_partition
+from device_profiles.profiles import DeviceProfile
+from device_profiles.run_folder import RunFolder, write_json
+from edge_runtime.data import Dataset
+from edge_runtime.errors import DataError
+from edge_runtime.manifest import OptimizerConfig
+
+log = logging.getLogger(__name__)
+_OFFSET = 6  # the draw() channel that picks a device's time zone
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    id: str
+    index: int
+    profile: str
+    utc_offset: float
+    examples: int
+
+
+def device_id(index: int) -> str:
+    return f"dev-{index:05d}"
+
+
+def prepare_data(config: FleetConfig, folder: RunFolder) -> tuple[Dataset, Dataset, list[np.ndarray]]:
+    """Train and test sets and the per-device index arrays into the train set; all three saved in ``folder``."""
+    source = Path(config.dataset)
+    if source.is_dir():
+        train, test, parts = _from_device_files(config, source)
+    else:
+        train, test = train_test_split(load_dataset(config.dataset, config.label_column), config.test_fraction,
+                                       config.seed)
+        try:
+            parts = partition(train.y, config.devices, config.partition_spec, config.seed, config.min_examples)
+        except ValueError as exc:
+            raise DataError(config.dataset, f"cannot partition {len(train)} training examples: {exc}") from None
+    for path, data in ((folder.train, train), (folder.test, test)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, x=data.x, y=data.y)
+    save_partition(folder.partition, parts, config.partition_spec, config.seed)
+    return train, test, parts
+
+
+def _from_device_files(config: FleetConfig, source: Path) -> tuple[Dataset, Dataset, list[np.ndarray]]:
+    """One device per file, used as it is; ``test_fraction`` of each file is held out for the coordinator."""
+    devices = load_device_folder(source, config.label_column)
+    if config.devices != len(devices):
+        raise DataError(source, f"holds {len(devices)} device files but --devices is {config.devices}; "
+                                f"expected them to match (one device per file)")
+    rng = np.random.default_rng(config.seed)
+    train_x, train_y, test_x, test_y, parts, start = [], [], [], [], [], 0
+    for data in devices:
+        order = rng.permutation(len(data))
+        held = int(np.ceil(config.test_fraction * len(data))) if len(data) > 1 else 0
+        test_x.append(data.x[order[:held]])
+        test_y.append(data.y[order[:held]])
+        keep = np.sort(order[held:])
+        train_x.append(data.x[keep])
+        train_y.append(data.y[keep])
+        parts.append(np.arange(start, start + keep.size, dtype=np.int64))
+        start += keep.size
+    if not sum(len(y) for y in test_y):
+        raise DataError(source, "too few examples to hold any out for testing; expected files of 2 or more")
+    return (Dataset(np.concatenate(train_x), np.concatenate(train_y)),
+            Dataset(np.concatenate(test_x), np.concatenate(test_y)), parts)
+
+
+def assign_devices(config: FleetConfig, profiles: dict[str, DeviceProfile],
+                   parts: list[np.ndarray]) -> list[DeviceEntry]:
+    """Each device's profile (exact proportions of the mix) and its time zone, drawn from the seed."""
+    chosen = assign(len(parts), parse_mix(config.profiles, profiles), config.seed)
+    entries = []
+    for index, (profile, rows) in enumerate(zip(chosen, parts, strict=True)):
+        offsets = profile.availability.utc_offsets
+        offset = offsets[int(draw(config.seed, index, 0, _OFFSET) * len(offsets))]
+        entries.append(DeviceEntry(device_id(index), index, profile.name, offset, int(rows.size)))
+    return entries
+
+
+def save_devices(path: Path, entries: list[DeviceEntry]) -> None:
+    write_json(path, [asdict(e) for e in entries])
+
+
+def load_devices(path: Path) -> list[DeviceEntry]:
+    try:
+        raw = json.loads(path.read_text())
+        return [DeviceEntry(**{f.name: item[f.name] for f in fields(DeviceEntry)}) for item in raw]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(path, f"not a device table written by edgefl fleet ({exc})") from None
+
+
+def export_artifact(config: FleetConfig, train: Dataset, classes: int, folder: RunFolder, cache: Path) -> Path:
+    """The model's artifact in ``folder.artifact``, exported once per distinct spec into ``cache``."""
+    from model_export.spec import ModelSpec, standardization
+
+    spec = ModelSpec(family=config.model, input_shape=tuple(train.x.shape[1:]), num_classes=classes,
+                     hidden=config.hidden_sizes, filters=config.filters, batch_size=config.batch_size,
+                     optimizer=OptimizerConfig("sgd", config.lr, momentum=config.momentum),
+                     normalization=standardization(train.x), seed=config.seed,
+                     name=f"fleet-{Path(config.dataset).stem}-{config.model}")
+    cached = cache / hashlib.sha256(repr(spec).encode()).hexdigest()[:24]
+    if not cached.is_dir():
+        from model_export.exporter import export_model
+
+        log.info("exporting %s (TensorFlow, builtin ops only)", spec.name)
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=cache))
+        export_model(spec, staging / "artifact")
+        with contextlib.suppress(OSError):  # a concurrent run exported the same model first
+            os.replace(staging / "artifact", cached)
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(folder.artifact, ignore_errors=True)
+    shutil.copytree(cached, folder.artifact)
+    return folder.artifact
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgefl" / "fleet-artifacts"
+
+
+def write_config_toml(path: Path, config: FleetConfig) -> None:
+    """Every option of the run, as ``edgefl fleet --config`` reads them."""
+    lines = ["# the options of this run: edgefl fleet --config fleet.toml repeats it"]
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        key = f.name.replace("_", "-")
+        if isinstance(value, (bool, int, float)):
+            text = str(value).lower() if isinstance(value, bool) else repr(value)
+        elif isinstance(value, tuple):
+            text = "[" + ", ".join(str(v) for v in value) + "]"
+        else:
+            text = json.dumps(str(value))
+        lines.append(f"{key} = {text}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")

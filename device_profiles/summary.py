@@ -1,0 +1,67 @@
+"""A fleet run's summary: what was learned, how long it took (simulated and real), what moved, who took part."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from device_profiles.clock import SimClock
+from device_profiles.fleet_config import FleetConfig
+from device_profiles.prepare import DeviceEntry
+from device_profiles.run_folder import RunFolder
+
+
+def summarize(config: FleetConfig, folder: RunFolder, lines: Sequence[dict[str, Any]], entries: Sequence[DeviceEntry],
+              clock: SimClock, classes: int) -> dict[str, Any]:
+    accuracies = [(line["round"], line["test"]["accuracy"]) for line in lines if line.get("test")]
+    best = max(accuracies, key=lambda item: item[1], default=None)
+    stats = _worker_stats(folder)
+    wall = time.time() - clock.wall_start
+    total = Counter[str]()
+    for line in lines:
+        total.update({key: int(line[key]) for key in ("selected", "reported", "failed", "interrupted", "dropped",
+                                                       "late", "bytes_in", "bytes_out")})
+    return {
+        "rounds": len(lines),
+        "rounds_requested": config.rounds,
+        "completed": len(lines) == config.rounds,
+        "committed": sum(1 for line in lines if line["status"] == "committed"),
+        "abandoned": sum(1 for line in lines if line["status"] == "abandoned"),
+        "final_accuracy": accuracies[-1][1] if accuracies else None,
+        "best_accuracy": best[1] if best else None,
+        "best_round": best[0] if best else None,
+        "classes": classes,
+        "simulated_time_s": round(clock.at(time.time()) - clock.sim_start, 1),
+        "wall_time_s": round(wall, 2),
+        "mean_round_wall_s": round(sum(line["duration_s"] for line in lines) / len(lines), 3) if lines else None,
+        "bytes_in": total["bytes_in"],
+        "bytes_out": total["bytes_out"],
+        "device_bytes_received": sum(s["bytes_received"] for s in stats),
+        "device_bytes_sent": sum(s["bytes_sent"] for s in stats),
+        "participation": {
+            "devices": len(entries),
+            "selected": total["selected"],
+            "reported": total["reported"],
+            "devices_that_trained": sum(1 for s in stats if s["trained"] > 0),
+            "mean_eligible": round(sum(line["eligible"] for line in lines) / len(lines), 2) if lines else None,
+        },
+        "dropouts": {"no_answer_by_deadline": total["dropped"], "emulated": sum(s["dropped"] for s in stats)},
+        "interruptions": {"reported": total["interrupted"], "emulated": sum(s["interrupted"] for s in stats)},
+        "failures": total["failed"],
+        "late": total["late"],
+        "profiles": dict(sorted(Counter(e.profile for e in entries).items())),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+    }
+
+
+def _worker_stats(folder: RunFolder) -> list[dict[str, Any]]:
+    """Per-device counters the worker processes wrote when they stopped (none if a worker was killed)."""
+    stats: list[dict[str, Any]] = []
+    for path in sorted((folder.root / "workers").glob("worker-*-stats.json")):
+        stats.extend(json.loads(path.read_text()))
+    return stats
