@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
     rounds.add_argument("--over-select", type=positive_float, help="select goal x this many devices (1.3)")
     rounds.add_argument("--min-reports", type=positive_int, help="commit only with this many updates (2)")
     rounds.add_argument("--round-timeout", type=positive_float, help="deadline of a round, seconds (60)")
+    rounds.add_argument("--expect-devices", type=positive_int,
+                        help="before the first round, wait (up to --round-timeout) until this many devices report "
+                             "holding the model")
     rounds.add_argument("--round-interval", type=float, help="a round starts at least this many seconds after the "
                                                              "previous one started (0: back to back)")
     rounds.add_argument("--seed", type=int, help="seed of the device selection (0)")

@@ -35,6 +35,7 @@ class CoordinatorConfig:
     min_reports: int = 2
     round_timeout: float = 60.0
     round_interval: float = 0.0
+    expect_devices: int = 0
     local_epochs: int = 1
     lr: float | None = None
     clip_norm: float = 5.0
@@ -55,6 +56,7 @@ class CoordinatorConfig:
               f"an integer from 1 to min-clients ({self.min_clients})", self.min_reports)
         want(self.round_timeout > 0, "round-timeout", "seconds > 0", self.round_timeout)
         want(self.round_interval >= 0, "round-interval", "seconds >= 0 (0: back to back)", self.round_interval)
+        want(self.expect_devices >= 0, "expect-devices", "an integer >= 0 (0: do not wait)", self.expect_devices)
         want(self.local_epochs >= 1, "local-epochs", "an integer >= 1", self.local_epochs)
         want(self.lr is None or self.lr > 0, "lr", "a learning rate > 0", self.lr)
         want(self.clip_norm > 0, "clip-norm", "an L2 bound > 0", self.clip_norm)

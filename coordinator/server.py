@@ -81,6 +81,7 @@ class Coordinator:
         # Bounded: when updates arrive faster than they are checked, paho's thread waits here, the socket
         # stops being read and the broker holds the rest; memory stays O(model), not O(devices x model).
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=INBOX_LIMIT)
+        self._receiving = True
         self._round: OpenRound | None = None
         self._evaluation: EvaluationRound | None = None
         self._tally = Tally()  # counts for the next round line: that round, its evaluation, and the wait before it
@@ -122,8 +123,18 @@ class Coordinator:
                     self._train_round(stop)
             self._publish_state("finished")
         finally:
+            self._stop_receiving()
             self._conn.close()
         return self.state
+
+    def _stop_receiving(self) -> None:
+        """Drop what arrives from now on, and free paho's thread if it waits on the full inbox, so it can stop."""
+        self._receiving = False
+        while True:
+            try:
+                self._inbox.get_nowait()
+            except queue.Empty:
+                return
 
     def eligible(self) -> list[str]:
         return sorted(d for d, s in self.registry.items() if s.online and s.eligible)
@@ -137,6 +148,7 @@ class Coordinator:
                 self._pump(_POLL_S)
             self._withdraw_tasks(frozenset(self.registry))  # tasks a crashed predecessor left retained
             self._settled = True
+            self._wait_for_fleet(stop)
         while not stop.is_set():
             have = len(self.eligible())
             if have >= self.config.min_clients and self.clock() >= self._next_start:
@@ -147,6 +159,17 @@ class Coordinator:
                 next_note = time.monotonic() + 30
             self._pump(_POLL_S)
         return False
+
+    def _wait_for_fleet(self, stop: threading.Event) -> None:
+        """Up to ``round_timeout``, until ``expect_devices`` devices say they hold this artifact."""
+        expected, deadline = self.config.expect_devices, self.clock() + self.config.round_timeout
+        while not stop.is_set() and self.clock() < deadline:
+            ready = sum(1 for s in self.registry.values() if s.online and s.artifact_id == self.artifact_id)
+            if ready >= expected:
+                return
+            self._pump(_POLL_S)
+        if not stop.is_set():
+            log.warning("starting with fewer devices holding the model than --expect-devices %d", expected)
 
     # -- a training round -------------------------------------------------------------------------
 
@@ -237,7 +260,8 @@ class Coordinator:
     # -- incoming messages ------------------------------------------------------------------------
 
     def _receive(self, topic: str, payload: bytes) -> None:  # paho's network thread
-        self._inbox.put((topic, payload))
+        if self._receiving:
+            self._inbox.put((topic, payload))
 
     def _pump(self, timeout: float) -> None:
         """Handle the next message (waiting up to ``timeout``), then whatever else is already queued."""

@@ -119,7 +119,8 @@ def _shard_indices(config: FleetConfig) -> list[int]:
 
 def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: str,
                    clock: SimClock) -> list[subprocess.Popen[bytes]]:
-    chunks = [c for c in np.array_split(np.array(_shard_indices(config), dtype=np.int64), config.processes) if c.size]
+    indices = _shard_indices(config)
+    chunks = [c for c in np.array_split(np.array(indices), config.worker_processes(len(indices))) if c.size]
     workers = []
     for worker, chunk in enumerate(chunks):
         spec = WorkerSpec(run=str(folder.root.resolve()), worker=worker, indices=[int(i) for i in chunk], broker=url,
@@ -130,6 +131,9 @@ def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: st
         write_json(folder.worker_spec(worker), asdict(spec))
         proc = launch(["-m", "device_profiles.worker", str(folder.worker_spec(worker))], folder.log(f"worker-{worker}"))
         workers.append(proc)
+        if config.broker == EMBEDDED:  # amqtt loses sessions when clients of two workers connect at once
+            _wait_ready(proc, folder, worker, len(chunk))
+    for worker, (proc, chunk) in enumerate(zip(workers, chunks, strict=True)):
         _wait_ready(proc, folder, worker, len(chunk))
     return workers
 
@@ -185,7 +189,7 @@ def _coordinate(config: FleetConfig, folder: RunFolder, url: str, version: str, 
         over_select=config.over_select, min_reports=config.min_reports, round_timeout=config.round_timeout,
         round_interval=config.round_interval if simulated else config.round_interval / clock.rate,
         local_epochs=config.local_epochs, lr=config.lr, clip_norm=config.clip_norm, server_lr=config.server_lr,
-        eval_every=config.eval_every, test_data=folder.test, seed=config.seed,
+        eval_every=config.eval_every, test_data=folder.test, seed=config.seed, expect_devices=config.devices,
     ), clock=clock.now if simulated else time.time, on_round=record)
     coordinator.run(stop)
     return lines

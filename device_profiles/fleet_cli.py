@@ -75,7 +75,8 @@ def register(subparsers: Any) -> None:
     running.add_argument("--day-seconds", type=positive_float,
                          help=f"with --speedup max, real seconds per simulated day ({DEFAULTS.day_seconds:g})")
     running.add_argument("--start-hour", type=float, help="simulated UTC hour the run starts at (0)")
-    running.add_argument("--processes", type=positive_int, help="worker processes for the devices (1)")
+    running.add_argument("--processes", type=positive_int,
+                         help="worker processes for the devices (1; at least one per 250 devices)")
     running.add_argument("--shard", help="i/n: run the i-th of n slices of the devices; shard 1 runs the "
                                          "coordinator, all share --broker (1/1)")
     running.add_argument("--seed", type=int, help="seed of the split, partition, profiles and selection (0)")

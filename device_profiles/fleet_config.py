@@ -21,6 +21,9 @@ from edge_runtime.errors import ProtocolError
 from edge_runtime.protocol import check_name
 
 EMBEDDED = "embedded"
+# paho's network loop uses select(), which cannot watch file descriptors above 1024, and each connection holds
+# three: a process keeps well below that many devices, and more processes are started when needed.
+MAX_DEVICES_PER_PROCESS = 250
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,10 @@ class FleetConfig:
     def runs_coordinator(self) -> bool:
         """The first shard runs the coordinator (and the embedded broker, on a single machine)."""
         return self.shard_index[0] == 1
+
+    def worker_processes(self, devices: int) -> int:
+        """``processes``, or more if that would put over ``MAX_DEVICES_PER_PROCESS`` devices in one."""
+        return max(self.processes, -(-devices // MAX_DEVICES_PER_PROCESS))
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:

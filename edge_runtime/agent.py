@@ -128,8 +128,9 @@ class DeviceAgent:
         self._conn.start()
         try:
             while not stop.is_set():
-                try:
-                    topic, payload = self._inbox.get(timeout=0.2)
+                next_check = self._checked_at + self.policy.check_interval_s - time.monotonic()
+                try:  # sleeps until a message, the next policy check, or at most a second (to see stop)
+                    topic, payload = self._inbox.get(timeout=min(1.0, max(0.01, next_check)))
                 except queue.Empty:
                     pass
                 else:
