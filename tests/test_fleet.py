@@ -1,0 +1,106 @@
+"""``edgefl fleet`` end to end, as a user runs it: real coordinator and device processes on Mosquitto and on the
+embedded broker, the whole run folder written, and a fleet split over two shards sharing one broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from coordinator.broker import free_port
+from device_profiles.fleet_config import build_fleet_config
+from device_profiles.partition import load_partition
+from tests.federation_tools import SYSTEM_BROKER
+
+pytestmark = pytest.mark.broker
+RUN_FILES = ("rounds.jsonl", "summary.json", "report.png", "partition.npz", "devices.json", "fleet.toml",
+             "data/train.npz", "data/test.npz", "artifact/manifest.json", "coordinator/state.json")
+
+
+def fleet(out: Path, *options: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", "fleet", "--out", str(out), "--no-progress",
+                           *options], capture_output=True, text=True, timeout=timeout)
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_run_folder(out: Path, devices: int, rounds: int) -> dict[str, Any]:
+    for name in RUN_FILES:
+        assert (out / name).is_file(), f"{name} missing from the run folder"
+    lines = lines_of(out / "rounds.jsonl")
+    assert [line["round"] for line in lines] == list(range(1, rounds + 1))
+    assert all(0 <= line["sim_hour"] < 24 and line["selected"] >= 1 for line in lines)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] and summary["rounds"] == rounds and summary["participation"]["devices"] == devices
+    assert summary["committed"] >= 1 and summary["final_accuracy"] is not None
+    assert summary["bytes_in"] > 0 and summary["device_bytes_received"] > summary["bytes_out"]  # the broker fans out
+    parts, _, _ = load_partition(out / "partition.npz")
+    with np.load(out / "data" / "train.npz") as train:
+        assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(train["y"])))
+    assert len(json.loads((out / "devices.json").read_text())) == devices
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return summary
+
+
+def test_a_fleet_of_20_runs_3_rounds_on_mosquitto(tmp_path: Path, federation: str) -> None:
+    out = tmp_path / "run"
+    done = fleet(out, "--devices", "20", "--rounds", "3", "--broker", SYSTEM_BROKER, "--federation", federation,
+                 "--partition", "iid", "--round-interval", "3600")
+    assert done.returncode == 0, done.stderr
+    check_run_folder(out, 20, 3)
+    assert sum(1 for line in done.stdout.splitlines() if line.startswith("round ")) == 3
+    lines = lines_of(out / "rounds.jsonl")
+    starts = [line["sim_time"] for line in lines]
+    assert all(b - a >= 3600 - 5 for a, b in zip(starts, starts[1:], strict=False))  # --round-interval, simulated
+    again = build_fleet_config(out / "fleet.toml", {})  # the run's own options file repeats it
+    assert (again.devices, again.rounds, again.federation, again.round_interval) == (20, 3, federation, 3600.0)
+
+
+def test_a_fleet_of_20_runs_3_rounds_on_the_embedded_broker_with_simulated_waits(tmp_path: Path) -> None:
+    """LTE-M gateways (100 kbps up, 300 down, 300 ms) at 10x: a ~40 kB update takes 3.5 simulated seconds to
+    upload and the model 1.4 to download, so no round can close in under 0.45 s of real time."""
+    out = tmp_path / "run"
+    done = fleet(out, "--devices", "20", "--rounds", "3", "--speedup", "10", "--round-interval", "0",
+                 "--round-timeout", "600", "--profiles", "gateway", "--partition", "shards:2")
+    assert done.returncode == 0, done.stderr
+    summary = check_run_folder(out, 20, 3)
+    assert summary["profiles"] == {"gateway": 20}
+    durations = [line["duration_s"] for line in lines_of(out / "rounds.jsonl") if line["reported"]]
+    assert durations and min(durations) >= 0.45, durations
+
+
+def test_two_shards_share_one_broker_and_one_clock(tmp_path: Path, federation: str) -> None:
+    common = ["--devices", "16", "--rounds", "2", "--broker", SYSTEM_BROKER, "--federation", federation,
+              "--partition", "iid", "--min-clients", "4"]
+    second = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "fleet", "--out", str(tmp_path / "b"),
+                               "--no-progress", "--shard", "2/2", *common], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = fleet(tmp_path / "a", "--shard", "1/2", *common)
+        assert first.returncode == 0, first.stderr
+        _, errors = second.communicate(timeout=120)
+        assert second.returncode == 0, errors
+    finally:
+        second.kill()
+    lines = lines_of(tmp_path / "a" / "rounds.jsonl")
+    assert len(lines) == 2
+    stats = json.loads((tmp_path / "b" / "workers" / "worker-0-stats.json").read_text())
+    assert [s["id"] for s in stats] == [f"dev-{i:05d}" for i in range(8, 16)]  # the second half of the fleet
+    assert all(s["bytes_received"] > 0 for s in stats)  # each of them fetched the model from shard 1's coordinator
+
+
+def test_bad_options_fail_before_anything_starts(tmp_path: Path) -> None:
+    done = fleet(tmp_path / "run", "--partition", "dirichlet:-1", timeout=60)
+    assert done.returncode == 2
+    assert "partition" in done.stderr and "dirichlet needs a finite number > 0" in done.stderr
+    assert not (tmp_path / "run").exists()
+    port = free_port()
+    done = fleet(tmp_path / "run", "--broker", f"mqtt://127.0.0.1:{port}", "--devices", "3", timeout=120)
+    assert done.returncode == 2 and "no connection" in done.stderr
