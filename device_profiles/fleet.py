@@ -186,7 +186,7 @@ def _coordinate(config: FleetConfig, folder: RunFolder, url: str, version: str, 
     coordinator = Coordinator(CoordinatorConfig(
         artifact=folder.artifact, state_dir=folder.coordinator, broker=url, federation=config.federation,
         mqtt_version=version, rounds=config.rounds, fraction=config.fraction, min_clients=config.min_clients,
-        over_select=config.over_select, min_reports=config.min_reports, round_timeout=config.round_timeout,
+        over_select=config.over_select, min_reports=config.min_reports, round_timeout=config.deadline_s,
         round_interval=config.round_interval if simulated else config.round_interval / clock.rate,
         local_epochs=config.local_epochs, lr=config.lr, clip_norm=config.clip_norm, server_lr=config.server_lr,
         eval_every=config.eval_every, test_data=folder.test, seed=config.seed, expect_devices=config.devices,

@@ -55,8 +55,8 @@ def register(subparsers: Any) -> None:
     rounds.add_argument("--min-reports", type=positive_int, help=f"commit with at least ({DEFAULTS.min_reports})")
     rounds.add_argument("--over-select", type=positive_float, help=f"select goal x this ({DEFAULTS.over_select})")
     rounds.add_argument("--round-timeout", type=positive_float,
-                        help="round deadline in seconds of the coordinator's clock: simulated with --speedup S, "
-                             f"real with max ({DEFAULTS.round_timeout:g})")
+                        help="round deadline in seconds of the coordinator's clock: simulated with --speedup S "
+                             "(600), real with max (20)")
     rounds.add_argument("--round-interval", type=float,
                         help="simulated seconds from one round's start to the next's, 0: back to back "
                              f"({DEFAULTS.round_interval:g})")

@@ -12,11 +12,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +33,9 @@ from device_profiles.run_folder import RunFolder, write_json
 from edge_runtime.data import Dataset
 from edge_runtime.errors import DataError
 from edge_runtime.manifest import OptimizerConfig
+
+if TYPE_CHECKING:
+    from model_export.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 _OFFSET = 6  # the draw() channel that picks a device's time zone
@@ -126,18 +132,25 @@ def export_artifact(config: FleetConfig, train: Dataset, classes: int, folder: R
                      name=f"fleet-{Path(config.dataset).stem}-{config.model}")
     cached = cache / hashlib.sha256(repr(spec).encode()).hexdigest()[:24]
     if not cached.is_dir():
-        from model_export.exporter import export_model
-
         log.info("exporting %s (TensorFlow, builtin ops only)", spec.name)
         cache.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=cache))
-        export_model(spec, staging / "artifact")
+        # In a child process: TensorFlow's memory (about 1 GB) must not stay in the coordinator's process.
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_export, spec, staging / "artifact").result()
         with contextlib.suppress(OSError):  # a concurrent run exported the same model first
             os.replace(staging / "artifact", cached)
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(folder.artifact, ignore_errors=True)
     shutil.copytree(cached, folder.artifact)
     return folder.artifact
+
+
+def _export(spec: ModelSpec, out: Path) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from model_export.exporter import export_model
+
+    export_model(spec, out)
 
 
 def default_cache() -> Path:

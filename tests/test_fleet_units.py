@@ -109,10 +109,10 @@ def test_a_toml_file_sets_any_option_and_flags_win(tmp_path: Path) -> None:
         (12, (32, 16), 60.0, "mlp", 3)
     assert config.out == Path("~/runs/x").expanduser()
     file.write_text("devices = 12\nhidden = [32, 16]\nhiden = 3\n")
-    with pytest.raises(ConfigError, match="'hiden'.*an unknown key"):
+    with pytest.raises(ConfigError, match=r"'hiden'.*an unknown key"):
         build_fleet_config(file, {})
     file.write_text('devices = "many"\n')
-    with pytest.raises(ConfigError, match="'devices'.*expected a int"):
+    with pytest.raises(ConfigError, match=r"'devices'.*expected a int"):
         build_fleet_config(file, {})
 
 
