@@ -37,6 +37,14 @@ class ProfileSignals:
         self.name = f"profile {profile.name}"
         self.profile, self.device, self.seed = profile, device, seed
         self.clock, self.utc_offset_h, self.slot_s = clock, utc_offset_h, slot_s
+        self._drained: tuple[int, float] = (-1, 0.0)  # (slot, battery percent spent training in it)
+
+    def drain(self, training_s: float) -> None:
+        """Spend battery for ``training_s`` simulated seconds of training (the profile's drain per minute),
+        until the slot ends: the next slot draws its level afresh."""
+        slot = int(self.clock() // self.slot_s)
+        spent = self._drained[1] if self._drained[0] == slot else 0.0
+        self._drained = (slot, spent + training_s / 60.0 * self.profile.drain_percent_per_minute)
 
     def state(self, now: float) -> tuple[bool, bool, bool]:
         """(charging, idle, unmetered) at simulated time ``now``."""
@@ -55,7 +63,11 @@ class ProfileSignals:
         charging, idle, unmetered = self.state(now)
         mains = self.profile.power == "mains"
         wired = self.profile.network.kind == "ethernet"
-        level = None if mains else round(20 + 80 * draw(self.seed, self.device, int(now // self.slot_s), _LEVEL))
+        slot = int(now // self.slot_s)
+        level = None
+        if not mains:
+            spent = self._drained[1] if self._drained[0] == slot and not charging else 0.0
+            level = max(0, round(20 + 80 * draw(self.seed, self.device, slot, _LEVEL) - spent))
         return Signals(
             power="mains" if mains else "charging" if charging else "battery",
             battery_percent=level,

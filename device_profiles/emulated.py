@@ -38,4 +38,4 @@ def emulated_agent(entry: DeviceEntry, profile: DeviceProfile, data: Dataset, *,
                           clock=clock.now, utc_offset_h=entry.utc_offset)
     config = AgentConfig(device_id=entry.id, data=data, mqtt=mqtt, cache_dir=cache_dir, topics=topics,
                          backend=backend, num_threads=1, clock=deadline_clock)
-    return DeviceAgent(config, scheduler, ProfilePace(profile, speedup, seed, entry.index))
+    return DeviceAgent(config, scheduler, ProfilePace(profile, speedup, seed, entry.index, signals))

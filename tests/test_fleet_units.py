@@ -154,3 +154,19 @@ def test_a_folder_of_device_files_is_used_as_it_is(tmp_path: Path) -> None:
     assert np.array_equal(np.concatenate(parts), np.arange(len(train)))
     with pytest.raises(DataError, match="holds 3 device files but --devices is 4"):
         prepare_data(FleetConfig(devices=4, dataset=str(data)), RunFolder(tmp_path / "run2"))
+
+
+def test_training_drains_the_battery_until_the_slot_ends() -> None:
+    from device_profiles.availability import ProfileSignals
+
+    phone = PROFILES["phone-low"]  # 0.6 % per minute while training
+    now = [1800.0 * 7 + 10]
+    signals = ProfileSignals(phone, 2, 9, clock=lambda: now[0], utc_offset_h=0)
+    charging = signals.state(now[0])[0]
+    before = signals.read().battery_percent
+    ProfilePace(phone, Speedup(None), 9, 2, signals).compute_wait_s(600.0 / phone.slowdown)  # 10 simulated minutes
+    after = signals.read().battery_percent
+    assert before is not None and after is not None
+    assert after == (before if charging else max(0, before - 6))
+    now[0] += 1800  # the next slot draws its level afresh
+    assert signals.read().battery_percent == ProfileSignals(phone, 2, 9, lambda: now[0], 0).read().battery_percent
