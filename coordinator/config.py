@@ -7,6 +7,7 @@ is refused naming it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,8 @@ class CoordinatorConfig:
         want(1 <= self.min_reports <= self.min_clients, "min-reports",
               f"an integer from 1 to min-clients ({self.min_clients})", self.min_reports)
         want(self.round_timeout > 0, "round-timeout", "seconds > 0", self.round_timeout)
-        want(self.round_interval >= 0, "round-interval", "seconds >= 0 (0: back to back)", self.round_interval)
+        want(0 <= self.round_interval < math.inf, "round-interval", "seconds >= 0 (0: back to back)",
+             self.round_interval)
         want(self.expect_devices >= 0, "expect-devices", "an integer >= 0 (0: do not wait)", self.expect_devices)
         want(self.local_epochs >= 1, "local-epochs", "an integer >= 1", self.local_epochs)
         want(self.lr is None or self.lr > 0, "lr", "a learning rate > 0", self.lr)

@@ -80,5 +80,7 @@ def _typed(source: str, key: str, kind: str, value: Any) -> Any:
         return float(value)
     if "str" in kind and isinstance(value, str):
         return value
-    expected = kind.replace(" | None", "").replace("Path", "path string").replace("tuple[int, ...]", "list of integers")
-    raise ConfigError(source, key, f"a {expected}", value)
+    names = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+             "Path": "a path string", "tuple[int, ...]": "a list of integers"}
+    expected = " or ".join(names.get(part, part) for part in kind.split(" | ") if part != "None")
+    raise ConfigError(source, key, expected, value)

@@ -22,7 +22,9 @@ from edge_runtime.signals import SignalReader
 # What an emulated device asks before it trains, unless the run gives a policy file: the production triple.
 DEFAULT_POLICY = Policy(require_charging=True, require_unmetered=True, min_user_idle_s=600.0,
                         unknown_signals="ignore")
-CHECKS_PER_SLOT = 2  # availability changes once per slot; the agent re-checks this many times per slot
+# Availability changes once per slot; an idle agent re-checks this often per slot, so a status is at most 5
+# simulated minutes old when a round selects on it.
+CHECKS_PER_SLOT = 6
 
 
 def check_interval_s(rate: float) -> float:

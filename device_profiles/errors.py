@@ -5,6 +5,10 @@ from __future__ import annotations
 from edge_runtime.errors import EdgeflError
 
 
+class FleetError(EdgeflError):
+    """A fleet run could not start or keep its processes (broker, workers) alive, or its folder is not its own."""
+
+
 class ProfileError(EdgeflError):
     """A device profile (or a mix of profiles) has a missing or bad field."""
 

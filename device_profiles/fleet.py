@@ -24,26 +24,29 @@ import numpy as np
 
 from coordinator.config import CoordinatorConfig
 from device_profiles.clock import SimClock, hour_of_day
+from device_profiles.errors import FleetError
 from device_profiles.fleet_config import EMBEDDED, FleetConfig
 from device_profiles.prepare import (
     DeviceEntry,
     assign_devices,
     default_cache,
     export_artifact,
-    prepare_data,
+    save_data,
     save_devices,
+    split_data,
     write_config_toml,
 )
-from device_profiles.processes import FleetError, launch, start_embedded_broker, stop_all
+from device_profiles.processes import launch, start_embedded_broker, stop_all
 from device_profiles.profiles import load_profiles
 from device_profiles.run_folder import RunFolder, write_json
 from device_profiles.summary import summarize
 from device_profiles.sync import FleetLink
 from device_profiles.worker import WorkerSpec
+from edge_runtime.policy_file import load_policy
 
 log = logging.getLogger(__name__)
 RoundCallback = Callable[[dict[str, Any]], None]
-_RUN_FILES = ("rounds.jsonl", "summary.json", "report.png", "coordinator", "workers", "logs", "cache")
+_RUN_FILES = ("rounds.jsonl", "summary.json", "report.png", "coordinator", "workers", "logs", "cache", "artifact")
 
 
 def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
@@ -51,9 +54,7 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
     """Run the fleet to the end; returns the summary (also written to ``summary.json``)."""
     stop = stop or threading.Event()
     folder = RunFolder(config.out)
-    _clear(folder)
-    write_config_toml(folder.config, config)
-    entries, classes = _prepare(config, folder, note)
+    entries, classes = _prepare(config, folder, note)  # everything is checked before a file is touched
     procs: list[subprocess.Popen[bytes]] = []
     try:
         url, version = config.broker, "auto"
@@ -62,21 +63,12 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
             procs.append(broker)
             version = "3.1.1"  # amqtt speaks 3.1.1 only; saying so spares every device the v5 probe
         with FleetLink(url, config.federation, version) as link:
-            clock = link.publish_clock(config) if config.runs_coordinator else link.wait_clock()
-            workers = _start_workers(config, folder, url, version, clock)
-            procs.extend(workers)
-            note(f"{len(_shard_indices(config))} devices in {len(workers)} worker process(es) on {url}, "
-                 f"speedup {config.speedup_value}, simulated start {hour_of_day(clock.sim_start):05.2f} h UTC")
-            finishing = _watch_workers(workers, stop)
-            if config.runs_coordinator:
-                lines = _coordinate(config, folder, url, version, clock, on_round, stop)
-            else:
-                link.wait_finished(clock.wall_start, stop)
-                lines = []
-            finishing.set()
-            stop_all(workers)
-            if config.runs_coordinator:
-                link.clear_retained([e.id for e in entries])
+            try:
+                lines, clock = _run(config, folder, url, version, link, procs, on_round, note, stop)
+            finally:
+                stop_all(procs[1:] if config.broker == EMBEDDED else procs)  # the devices, before the clean-up
+                if config.runs_coordinator:
+                    link.clear_retained([e.id for e in entries])
     finally:
         stop_all(procs)
     summary = summarize(config, folder, lines, entries, clock, classes)
@@ -89,20 +81,51 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
     return summary
 
 
+def _run(config: FleetConfig, folder: RunFolder, url: str, version: str, link: FleetLink,
+         procs: list[subprocess.Popen[bytes]], on_round: RoundCallback | None, note: Callable[[str], None],
+         stop: threading.Event) -> tuple[list[dict[str, Any]], SimClock]:
+    if not config.runs_coordinator:
+        note(f"waiting for shard 1's clock on {link.topics.fleet_clock}")
+    clock = link.publish_clock(config) if config.runs_coordinator else link.wait_clock()
+    workers = _start_workers(config, folder, url, version, clock, procs)
+    note(f"{len(_shard_indices(config))} devices in {len(workers)} worker process(es) on {url}, "
+         f"speedup {config.speedup_value}, simulated start {hour_of_day(clock.sim_start):05.2f} h UTC")
+    finishing = _watch_workers(workers, stop)
+    try:
+        if config.runs_coordinator:
+            return _coordinate(config, folder, url, version, clock, on_round, stop), clock
+        link.wait_finished(clock.wall_start, stop)
+        return [], clock
+    finally:
+        finishing.set()
+
+
 def _clear(folder: RunFolder) -> None:
-    """Remove what an earlier run left in the folder (only the files a run writes)."""
+    """Remove what an earlier run left in the folder, refusing a folder that is not an earlier run's."""
+    root = folder.root
+    if root.exists() and not root.is_dir():
+        raise FleetError(f"--out {root} is a file; expected a folder for the run")
+    if root.is_dir() and any(root.iterdir()) and not folder.config.is_file():
+        raise FleetError(f"--out {root} holds files but no {folder.config.name} of an earlier fleet run; "
+                         "expected an empty or new folder, or an earlier run's (which is replaced)")
     for name in _RUN_FILES:
-        path = folder.root / name
+        path = root / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    folder.root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
 
 
 def _prepare(config: FleetConfig, folder: RunFolder, note: Callable[[str], None]) -> tuple[list[DeviceEntry], int]:
-    train, test, parts = prepare_data(config, folder)
+    """Check every input (data, model, profiles, policy), then write the run's inputs to a cleared folder."""
+    train, test, parts = split_data(config)
     entries = assign_devices(config, load_profiles(config.profile_file), parts)
+    if config.policy is not None:
+        load_policy(config.policy)  # the workers read it again; a bad file is refused here, before they start
+    _clear(folder)
+    write_config_toml(folder.config, config)
+    save_data(config, folder, train, test, parts)
     save_devices(folder.devices, entries)
     classes = int(max(train.y.max(), test.y.max())) + 1
     note(f"{config.dataset}: {len(train)} training examples over {len(parts)} devices ({config.partition}), "
@@ -117,8 +140,9 @@ def _shard_indices(config: FleetConfig) -> list[int]:
     return [int(i) for i in np.array_split(np.arange(config.devices), count)[index - 1]]
 
 
-def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: str,
-                   clock: SimClock) -> list[subprocess.Popen[bytes]]:
+def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: str, clock: SimClock,
+                   procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    """Start the workers; each is added to ``procs`` as soon as it exists, so a failure stops them all."""
     indices = _shard_indices(config)
     chunks = [c for c in np.array_split(np.array(indices), config.worker_processes(len(indices))) if c.size]
     workers = []
@@ -131,6 +155,7 @@ def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: st
         write_json(folder.worker_spec(worker), asdict(spec))
         proc = launch(["-m", "device_profiles.worker", str(folder.worker_spec(worker))], folder.log(f"worker-{worker}"))
         workers.append(proc)
+        procs.append(proc)
         if config.broker == EMBEDDED:  # amqtt loses sessions when clients of two workers connect at once
             _wait_ready(proc, folder, worker, len(chunk))
     for worker, (proc, chunk) in enumerate(zip(workers, chunks, strict=True)):

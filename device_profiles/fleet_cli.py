@@ -91,23 +91,30 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from device_profiles.fleet import run_fleet
+    from edge_runtime.broker_args import stop_on_signals
 
     options = {name: value for name, value in vars(args).items()
                if name not in ("config", "command", "handler", "verbose", "no_progress")}
     config = build_fleet_config(args.config, options)
     if not args.verbose:  # refused late updates and interrupted tasks are part of a fleet's life: counted, not shouted
         logging.getLogger("coordinator").setLevel(logging.ERROR)
-    bar = tqdm(total=config.rounds, unit="round", desc="fleet", file=sys.stderr,
-               disable=args.no_progress or not config.runs_coordinator)
+    bars: list[Any] = []  # the bar appears with the first round, after the preparation's messages
 
     def on_round(line: dict[str, Any]) -> None:
-        bar.write(round_text(line), file=sys.stdout)
-        bar.update(1)
+        if not bars:
+            bars.append(tqdm(total=config.rounds, unit="round", desc="fleet", file=sys.stderr,
+                             disable=args.no_progress, initial=line["round"] - 1))
+        bars[0].write(round_text(line), file=sys.stdout)
+        bars[0].update(1)
 
-    try:
-        summary = run_fleet(config, on_round=on_round, note=lambda text: bar.write(f"fleet: {text}", file=sys.stderr))
+    def note(text: str) -> None:
+        (bars[0].write if bars else print)(f"fleet: {text}", file=sys.stderr)
+
+    try:  # SIGTERM or Ctrl-C end the run cleanly: devices offline, broker stopped, summary of the rounds held
+        summary = run_fleet(config, on_round=on_round, note=note, stop=stop_on_signals())
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     accuracy = summary["final_accuracy"]
     best = summary["best_accuracy"]
     print(f"fleet: {summary['committed']}/{summary['rounds']} rounds committed, final test accuracy "

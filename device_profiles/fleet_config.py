@@ -7,6 +7,7 @@ refused naming its key, before anything starts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ class FleetConfig:
         want(self.over_select >= 1, "over-select", "a factor >= 1", self.over_select)
         want(self.round_timeout is None or self.round_timeout > 0, "round-timeout", "seconds > 0",
              self.round_timeout)
-        want(self.round_interval >= 0, "round-interval", "simulated seconds >= 0", self.round_interval)
+        want(0 <= self.round_interval < math.inf, "round-interval", "simulated seconds >= 0", self.round_interval)
         want(self.local_epochs >= 1, "local-epochs", "an integer >= 1", self.local_epochs)
         want(self.clip_norm > 0, "clip-norm", "an L2 bound > 0", self.clip_norm)
         want(self.server_lr > 0, "server-lr", "a number > 0", self.server_lr)
@@ -115,14 +116,15 @@ class FleetConfig:
         try:
             return parse_partition(self.partition)
         except ValueError as exc:
-            raise ConfigError("configuration", "partition", str(exc), self.partition) from None
+            raise ConfigError("configuration", "partition", f"a valid spec ({exc})", self.partition) from None
 
     @property
     def speedup_value(self) -> Speedup:
         try:
             return Speedup.parse(self.speedup)
-        except ValueError as exc:
-            raise ConfigError("configuration", "speedup", str(exc), self.speedup) from None
+        except ValueError:
+            raise ConfigError("configuration", "speedup", "a factor > 0 (60: a simulated minute per real second) "
+                                                           "or max", self.speedup) from None
 
     @property
     def shard_index(self) -> tuple[int, int]:

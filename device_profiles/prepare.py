@@ -55,22 +55,35 @@ def device_id(index: int) -> str:
 
 
 def prepare_data(config: FleetConfig, folder: RunFolder) -> tuple[Dataset, Dataset, list[np.ndarray]]:
-    """Train and test sets and the per-device index arrays into the train set; all three saved in ``folder``."""
+    """``split_data``, saved in ``folder``."""
+    train, test, parts = split_data(config)
+    save_data(config, folder, train, test, parts)
+    return train, test, parts
+
+
+def split_data(config: FleetConfig) -> tuple[Dataset, Dataset, list[np.ndarray]]:
+    """Train and test sets and the per-device index arrays into the train set; nothing written yet."""
     source = Path(config.dataset)
     if source.is_dir():
         train, test, parts = _from_device_files(config, source)
     else:
-        train, test = train_test_split(load_dataset(config.dataset, config.label_column), config.test_fraction,
-                                       config.seed)
+        data = load_dataset(config.dataset, config.label_column)
         try:
+            train, test = train_test_split(data, config.test_fraction, config.seed)
             parts = partition(train.y, config.devices, config.partition_spec, config.seed, config.min_examples)
         except ValueError as exc:
-            raise DataError(config.dataset, f"cannot partition {len(train)} training examples: {exc}") from None
+            raise DataError(config.dataset, f"cannot split {len(data)} examples as asked: {exc}") from None
+    if config.model == "cnn" and train.x.ndim != 4:
+        raise DataError(config.dataset, f"examples have shape {train.x.shape[1:]}; --model cnn needs images "
+                                        "(height, width, channels); use --model mlp for this data")
+    return train, test, parts
+
+
+def save_data(config: FleetConfig, folder: RunFolder, train: Dataset, test: Dataset, parts: list[np.ndarray]) -> None:
     for path, data in ((folder.train, train), (folder.test, test)):
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, x=data.x, y=data.y)
     save_partition(folder.partition, parts, config.partition_spec, config.seed)
-    return train, test, parts
 
 
 def _from_device_files(config: FleetConfig, source: Path) -> tuple[Dataset, Dataset, list[np.ndarray]]:

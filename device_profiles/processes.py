@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import socket
@@ -12,20 +13,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from coordinator.broker import free_port
-from edge_runtime.errors import EdgeflError
+from device_profiles.errors import FleetError
 
 log = logging.getLogger(__name__)
-
-
-class FleetError(EdgeflError):
-    """A fleet run could not start or keep its processes (broker, workers) alive."""
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def launch(args: Sequence[str], log_file: Path) -> subprocess.Popen[bytes]:
+    """``python ARGS`` with its output in ``log_file``; on Linux it gets SIGTERM if this process dies."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
         return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, preexec_fn=_terminate_with_parent)
+
+
+# Looked up here, not in the child: between fork and exec only the simplest calls are safe.
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+
+
+def _terminate_with_parent() -> None:  # in the child, between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_embedded_broker(log_file: Path, timeout_s: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:

@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Sequence
 
 from device_profiles.clock import SimClock
+from device_profiles.errors import FleetError
 from device_profiles.fleet_config import FleetConfig
-from device_profiles.processes import FleetError
 from edge_runtime.broker_args import mqtt_options
 from edge_runtime.errors import ProtocolError
 from edge_runtime.mqtt import MqttConnection
@@ -56,10 +56,11 @@ class FleetLink:
                            retain=True)
         return clock
 
-    def wait_clock(self, timeout_s: float = 300.0) -> SimClock:
-        """The clock the first shard published (it may start after this one)."""
-        deadline = time.monotonic() + timeout_s
-        while self._clock is None:
+    def wait_clock(self, timeout_s: float = 300.0, max_age_s: float = 3600.0) -> SimClock:
+        """The clock the first shard published (it may start after this one); one older than ``max_age_s`` is
+        taken for a crashed run's and ignored."""
+        deadline, oldest = time.monotonic() + timeout_s, time.time() - max_age_s
+        while self._clock is None or self._clock.wall_start < oldest:
             if time.monotonic() > deadline:
                 raise FleetError(f"no fleet clock on {self.topics.fleet_clock} within {timeout_s:g} s; "
                                  "expected shard 1 (which runs the coordinator) to be running on the same broker")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -108,13 +109,28 @@ def serve(spec: WorkerSpec, stop: threading.Event, connect_timeout_s: float = 30
     write_json(folder.worker_stats(spec.worker), stats)
 
 
+def stop_with_parent(stop: threading.Event) -> None:
+    """Stop when the fleet process that started this worker is gone (killed without a chance to stop us)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.error("the fleet process %d is gone; stopping", parent)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if len(argv) != 1:
         print("usage: python -m device_profiles.worker SPEC.json", file=sys.stderr)
         return 2
     try:
-        serve(WorkerSpec.read(Path(argv[0])), stop_on_signals())
+        stop = stop_on_signals()
+        stop_with_parent(stop)
+        serve(WorkerSpec.read(Path(argv[0])), stop)
     except EdgeflError as exc:
         print(f"fleet worker: error: {exc}", file=sys.stderr)
         return 2

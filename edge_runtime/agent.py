@@ -96,6 +96,7 @@ class DeviceAgent:
         self.pace: Pace = pace or RealPace()
         self.backend = select_backend(config.backend)
         self.stats = AgentStats()
+        self._stats_lock = threading.Lock()
         self.topics = config.topics
         self._cache = ArtifactCache(config.cache_dir)
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -261,7 +262,7 @@ class DeviceAgent:
                 log.info("%s: task %s withdrawn by the coordinator", self.config.device_id, task.task_id)
                 return
             self._finish(task, self._failure(task, stop.outcome, stop.reason))
-        except EdgeRuntimeError as exc:
+        except (EdgeRuntimeError, OSError) as exc:  # e.g. the cached artifact no longer verifies, or is gone
             self._finish(task, self._failure(task, "failed", str(exc)))
         else:
             self._finish(task, result)
@@ -349,7 +350,8 @@ class DeviceAgent:
         self._publish(self.topics.status(self.config.device_id), encode(self._status(online=True)), retain=True)
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.stats.bytes_sent += len(payload)
+        with self._stats_lock:  # the agent thread and paho's (a status after a reconnect) both publish
+            self.stats.bytes_sent += len(payload)
         self._conn.publish(topic, payload, retain=retain)
 
     def _status(self, online: bool) -> DeviceStatus:

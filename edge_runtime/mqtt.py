@@ -233,6 +233,12 @@ class MqttConnection:
             self._on_connect()
 
     def _handle_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
+        refused = [topic for topic, reason in zip(self.subscriptions, reasons, strict=False)
+                   if getattr(reason, "value", reason) >= 0x80]
+        if refused:  # the broker's ACL said no: nothing will arrive on these
+            log.error("%s refused the subscriptions %s of %s; check the broker's ACL", self.options.broker,
+                      ", ".join(refused), self.options.client_id)
+            return
         self.subscribed.set()
 
     def _handle_connect_fail(self, client: Any, userdata: Any) -> None:

@@ -105,3 +105,25 @@ def test_bad_options_fail_before_anything_starts(tmp_path: Path) -> None:
     port = free_port()
     done = fleet(tmp_path / "run", "--broker", f"mqtt://127.0.0.1:{port}", "--devices", "3", timeout=120)
     assert done.returncode == 2 and "no connection" in done.stderr
+
+
+def test_sigterm_stops_the_whole_fleet_and_leaves_no_process(tmp_path: Path) -> None:
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "fleet", "--out", str(tmp_path / "run"),
+                             "--no-progress", "--devices", "10", "--rounds", "50"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the first round line: broker, workers and coordinator are all up
+        assert first.startswith("round "), first
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 2  # the embedded broker and a device worker
+        proc.terminate()
+        assert proc.wait(timeout=60) == 1  # stopped before its 50 rounds: a partial run
+    finally:
+        proc.kill()
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert not summary["completed"] and summary["rounds"] >= 1

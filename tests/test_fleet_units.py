@@ -85,7 +85,7 @@ def test_an_emulated_devices_own_policy_follows_its_availability_model_over_a_da
 
 
 def test_idle_checks_see_every_availability_slot_but_are_bounded() -> None:
-    assert check_interval_s(DAY_S / 48) == pytest.approx(1800 / 2 / 1800)  # two checks per 30-minute slot
+    assert check_interval_s(DAY_S / 1440) == pytest.approx(1800 / 6 / 60)  # six checks per 30-minute slot
     assert check_interval_s(1.0) == 10.0 and check_interval_s(1e9) == 0.2
 
 
@@ -112,7 +112,7 @@ def test_a_toml_file_sets_any_option_and_flags_win(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"'hiden'.*an unknown key"):
         build_fleet_config(file, {})
     file.write_text('devices = "many"\n')
-    with pytest.raises(ConfigError, match=r"'devices'.*expected a int"):
+    with pytest.raises(ConfigError, match=r"'devices'.*expected an integer"):
         build_fleet_config(file, {})
 
 
@@ -123,7 +123,7 @@ def test_processes_grow_with_the_devices_one_per_250() -> None:
 
 
 def test_prepared_data_partition_and_devices_are_saved_and_reproducible(tmp_path: Path) -> None:
-    config = FleetConfig(devices=30, dataset="wine", partition="dirichlet:0.5", seed=3, min_examples=2)
+    config = FleetConfig(devices=30, dataset="wine", partition="dirichlet:0.5", seed=3, min_examples=2, model="mlp")
     first, second = RunFolder(tmp_path / "a"), RunFolder(tmp_path / "b")
     train, test, parts = prepare_data(config, first)
     train2, _, parts2 = prepare_data(config, second)
@@ -148,12 +148,12 @@ def test_a_folder_of_device_files_is_used_as_it_is(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i, n in enumerate((10, 20, 5)):
         np.savez(data / f"site-{i}.npz", x=rng.normal(size=(n, 4)), y=rng.integers(0, 2, n))
-    config = FleetConfig(devices=3, dataset=str(data), test_fraction=0.2)
+    config = FleetConfig(devices=3, dataset=str(data), test_fraction=0.2, model="mlp")
     train, test, parts = prepare_data(config, RunFolder(tmp_path / "run"))
     assert [p.size for p in parts] == [8, 16, 4] and len(test) == 2 + 4 + 1
     assert np.array_equal(np.concatenate(parts), np.arange(len(train)))
     with pytest.raises(DataError, match="holds 3 device files but --devices is 4"):
-        prepare_data(FleetConfig(devices=4, dataset=str(data)), RunFolder(tmp_path / "run2"))
+        prepare_data(FleetConfig(devices=4, dataset=str(data), model="mlp"), RunFolder(tmp_path / "run2"))
 
 
 def test_training_drains_the_battery_until_the_slot_ends() -> None:
@@ -170,3 +170,30 @@ def test_training_drains_the_battery_until_the_slot_ends() -> None:
     assert after == (before if charging else max(0, before - 6))
     now[0] += 1800  # the next slot draws its level afresh
     assert signals.read().battery_percent == ProfileSignals(phone, 2, 9, lambda: now[0], 0).read().battery_percent
+
+
+def test_image_models_need_image_data() -> None:
+    from device_profiles.prepare import split_data
+
+    with pytest.raises(DataError, match=r"--model cnn needs images .*use --model mlp"):
+        split_data(FleetConfig(dataset="breast_cancer", model="cnn"))
+    with pytest.raises(DataError, match="cannot split 178 examples as asked"):
+        split_data(FleetConfig(dataset="wine", model="mlp", test_fraction=0.999))
+
+
+def test_a_folder_that_is_not_an_earlier_run_is_never_cleared(tmp_path: Path) -> None:
+    from device_profiles.errors import FleetError
+    from device_profiles.fleet import _clear
+
+    mine = tmp_path / "project"
+    (mine / "coordinator").mkdir(parents=True)
+    (mine / "coordinator" / "keep.py").write_text("x = 1\n")
+    with pytest.raises(FleetError, match="holds files but no fleet.toml"):
+        _clear(RunFolder(mine))
+    assert (mine / "coordinator" / "keep.py").is_file()
+    earlier = tmp_path / "run"
+    (earlier / "logs").mkdir(parents=True)
+    (earlier / "fleet.toml").write_text("devices = 3\n")
+    (earlier / "notes.txt").write_text("mine\n")
+    _clear(RunFolder(earlier))
+    assert not (earlier / "logs").exists() and (earlier / "notes.txt").is_file()
