@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.config import CoordinatorConfig
 from device_profiles.clock import SimClock, hour_of_day
 from device_profiles.errors import FleetError
 from device_profiles.fleet_config import EMBEDDED, FleetConfig
@@ -94,10 +93,16 @@ def _run(config: FleetConfig, folder: RunFolder, url: str, version: str, link: F
     try:
         if config.runs_coordinator:
             return _coordinate(config, folder, url, version, clock, on_round, stop), clock
-        link.wait_finished(clock.wall_start, stop)
+        link.wait_finished(clock.wall_start, stop, _silence_s(config, clock))
         return [], clock
     finally:
         finishing.set()
+
+
+def _silence_s(config: FleetConfig, clock: SimClock) -> float:
+    """How long shard 1's coordinator may say nothing: three rounds' deadline and interval, in real seconds."""
+    deadline = config.deadline_s if config.speedup_value.is_max else config.deadline_s / clock.rate
+    return 120.0 + 3 * (deadline + config.round_interval / clock.rate)
 
 
 def _clear(folder: RunFolder) -> None:
@@ -208,13 +213,8 @@ def _coordinate(config: FleetConfig, folder: RunFolder, url: str, version: str, 
         if on_round is not None:
             on_round(line)
 
-    coordinator = Coordinator(CoordinatorConfig(
-        artifact=folder.artifact, state_dir=folder.coordinator, broker=url, federation=config.federation,
-        mqtt_version=version, rounds=config.rounds, fraction=config.fraction, min_clients=config.min_clients,
-        over_select=config.over_select, min_reports=config.min_reports, round_timeout=config.deadline_s,
-        round_interval=config.round_interval if simulated else config.round_interval / clock.rate,
-        local_epochs=config.local_epochs, lr=config.lr, clip_norm=config.clip_norm, server_lr=config.server_lr,
-        eval_every=config.eval_every, test_data=folder.test, seed=config.seed, expect_devices=config.devices,
-    ), clock=clock.now if simulated else time.time, on_round=record)
+    coordinator = Coordinator(config.coordinator_config(folder.artifact, folder.coordinator, folder.test, url,
+                                                        version, clock.rate),
+                              clock=clock.now if simulated else time.time, on_round=record)
     coordinator.run(stop)
     return lines

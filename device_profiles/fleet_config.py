@@ -7,19 +7,17 @@ refused naming its key, before anything starts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.config import CoordinatorConfig
 from coordinator.errors import ConfigError
 from coordinator.options import build_options, want
 from device_profiles.clock import Speedup
 from device_profiles.partition import PartitionSpec, parse_partition
 from edge_runtime.data import DEFAULT_LABEL_COLUMN
-from edge_runtime.errors import ProtocolError
-from edge_runtime.protocol import check_name
 
 EMBEDDED = "embedded"
 # paho's network loop uses select(), which cannot watch file descriptors above 1024, and each connection holds
@@ -78,21 +76,7 @@ class FleetConfig:
         want(self.hidden is None or all(h >= 1 for h in self.hidden), "hidden", "sizes >= 1", self.hidden)
         want(bool(self.filters) and all(f >= 1 for f in self.filters), "filters", "sizes >= 1", self.filters)
         want(self.batch_size >= 1, "batch-size", "an integer >= 1", self.batch_size)
-        want(self.lr > 0, "lr", "a learning rate > 0", self.lr)
         want(0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
-        want(self.rounds >= 1, "rounds", "an integer >= 1", self.rounds)
-        want(0 < self.fraction <= 1, "fraction", "a number in (0, 1]", self.fraction)
-        want(self.min_clients >= 1, "min-clients", "an integer >= 1", self.min_clients)
-        want(1 <= self.min_reports <= self.min_clients, "min-reports",
-             f"an integer from 1 to min-clients ({self.min_clients})", self.min_reports)
-        want(self.over_select >= 1, "over-select", "a factor >= 1", self.over_select)
-        want(self.round_timeout is None or self.round_timeout > 0, "round-timeout", "seconds > 0",
-             self.round_timeout)
-        want(0 <= self.round_interval < math.inf, "round-interval", "simulated seconds >= 0", self.round_interval)
-        want(self.local_epochs >= 1, "local-epochs", "an integer >= 1", self.local_epochs)
-        want(self.clip_norm > 0, "clip-norm", "an L2 bound > 0", self.clip_norm)
-        want(self.server_lr > 0, "server-lr", "a number > 0", self.server_lr)
-        want(self.eval_every >= 0, "eval-every", "an integer >= 0 (0: never)", self.eval_every)
         want(self.day_seconds > 0, "day-seconds", "seconds > 0", self.day_seconds)
         want(0 <= self.start_hour < 24, "start-hour", "an hour in [0, 24)", self.start_hour)
         want(self.processes >= 1, "processes", "an integer >= 1", self.processes)
@@ -101,15 +85,24 @@ class FleetConfig:
         want(self.broker == EMBEDDED or self.broker.startswith(("mqtt://", "mqtts://")), "broker",
              "embedded, or mqtt://HOST[:PORT] / mqtts://HOST[:PORT]", self.broker)
         self.partition_spec  # noqa: B018 -- parse now so a bad spec is refused before anything starts
-        self.speedup_value  # noqa: B018
         count = self.shard_index[1]
         want(count == 1 or self.broker != EMBEDDED, "shard",
              "a shared broker (--broker mqtt://...) when the fleet is split over several machines", self.shard)
-        try:
-            check_name(self.federation, "federation")
-        except ProtocolError:
-            raise ConfigError("configuration", "federation", "1-64 characters from A-Z a-z 0-9 _ . -",
-                              self.federation) from None
+        # The round and training options are the coordinator's: its own checks refuse a bad one, by the same name.
+        self.coordinator_config(Path("artifact"), Path("state"), None, "mqtt://127.0.0.1", "auto", 1.0)
+
+    def coordinator_config(self, artifact: Path, state_dir: Path, test_data: Path | None, broker: str,
+                           mqtt_version: str, clock_rate: float) -> CoordinatorConfig:
+        """The coordinator's options for this fleet; ``clock_rate`` converts the simulated round interval to
+        the coordinator's clock, which is the wall clock under ``--speedup max``."""
+        simulated = not self.speedup_value.is_max
+        return CoordinatorConfig(
+            artifact=artifact, state_dir=state_dir, broker=broker, federation=self.federation,
+            mqtt_version=mqtt_version, rounds=self.rounds, fraction=self.fraction, min_clients=self.min_clients,
+            over_select=self.over_select, min_reports=self.min_reports, round_timeout=self.deadline_s,
+            round_interval=self.round_interval if simulated else self.round_interval / clock_rate,
+            local_epochs=self.local_epochs, lr=self.lr, clip_norm=self.clip_norm, server_lr=self.server_lr,
+            eval_every=self.eval_every, test_data=test_data, seed=self.seed, expect_devices=self.devices)
 
     @property
     def partition_spec(self) -> PartitionSpec:

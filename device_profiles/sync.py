@@ -26,6 +26,7 @@ class FleetLink:
         self.topics = Topics(federation)
         self._clock: FleetClock | None = None
         self._state: CoordinatorState | None = None
+        self._state_seen = time.monotonic()  # when the coordinator was last heard of
         self._changed = threading.Event()
         options = mqtt_options(url, f"edgefl-fleet-{uuid.uuid4().hex[:12]}", protocol=mqtt_version)  # type: ignore[arg-type]
         self._conn = MqttConnection(options, (self.topics.fleet_clock, self.topics.coordinator), self._receive)
@@ -44,7 +45,7 @@ class FleetLink:
             if topic == self.topics.fleet_clock:
                 self._clock = decode(payload, FleetClock)
             else:
-                self._state = decode(payload, CoordinatorState)
+                self._state, self._state_seen = decode(payload, CoordinatorState), time.monotonic()
         except ProtocolError as exc:
             log.warning("ignored a bad message on %s: %s", topic, exc)
         self._changed.set()
@@ -68,12 +69,20 @@ class FleetLink:
             self._changed.clear()
         return SimClock(self._clock.wall_start, self._clock.sim_start, self._clock.rate)
 
-    def wait_finished(self, since: float, stop: threading.Event) -> None:
-        """Until the coordinator publishes ``finished`` (after ``since``, wall clock), or ``stop`` is set."""
+    def wait_finished(self, since: float, stop: threading.Event, silence_s: float) -> None:
+        """Until the coordinator publishes ``finished`` (after ``since``, wall clock), or ``stop`` is set.
+
+        The coordinator publishes its state at every phase of every round; ``silence_s`` without a word from
+        it means shard 1 is gone (it has no last will), and ends the wait with an error.
+        """
+        self._state_seen = time.monotonic()
         while not stop.is_set():
             state = self._state
             if state is not None and state.phase == "finished" and state.updated_at > since:
                 return
+            if time.monotonic() - self._state_seen > silence_s:
+                raise FleetError(f"no word from the coordinator on {self.topics.coordinator} for {silence_s:.0f} s; "
+                                 "expected shard 1 to be running")
             self._changed.wait(0.5)
             self._changed.clear()
 

@@ -123,7 +123,7 @@ def test_sigterm_stops_the_whole_fleet_and_leaves_no_process(tmp_path: Path) -> 
         assert proc.wait(timeout=60) == 1  # stopped before its 50 rounds: a partial run
     finally:
         proc.kill()
-    gone, alive = psutil.wait_procs(children, timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert not summary["completed"] and summary["rounds"] >= 1

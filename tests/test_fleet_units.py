@@ -188,7 +188,7 @@ def test_a_folder_that_is_not_an_earlier_run_is_never_cleared(tmp_path: Path) ->
     mine = tmp_path / "project"
     (mine / "coordinator").mkdir(parents=True)
     (mine / "coordinator" / "keep.py").write_text("x = 1\n")
-    with pytest.raises(FleetError, match="holds files but no fleet.toml"):
+    with pytest.raises(FleetError, match=r"holds files but no fleet\.toml"):
         _clear(RunFolder(mine))
     assert (mine / "coordinator" / "keep.py").is_file()
     earlier = tmp_path / "run"
