@@ -41,6 +41,7 @@ from device_profiles.run_folder import RunFolder, write_json
 from device_profiles.summary import summarize
 from device_profiles.sync import FleetLink
 from device_profiles.worker import WorkerSpec
+from edge_runtime.mqtt import ProtocolChoice
 from edge_runtime.policy_file import load_policy
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
     entries, classes = _prepare(config, folder, note)  # everything is checked before a file is touched
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        url, version = config.broker, "auto"
+        url = config.broker
+        version: ProtocolChoice = "auto"
         if config.broker == EMBEDDED:
             broker, url = start_embedded_broker(folder.log("broker"))
             procs.append(broker)
@@ -80,7 +82,7 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
     return summary
 
 
-def _run(config: FleetConfig, folder: RunFolder, url: str, version: str, link: FleetLink,
+def _run(config: FleetConfig, folder: RunFolder, url: str, version: ProtocolChoice, link: FleetLink,
          procs: list[subprocess.Popen[bytes]], on_round: RoundCallback | None, note: Callable[[str], None],
          stop: threading.Event) -> tuple[list[dict[str, Any]], SimClock]:
     if not config.runs_coordinator:
@@ -145,7 +147,7 @@ def _shard_indices(config: FleetConfig) -> list[int]:
     return [int(i) for i in np.array_split(np.arange(config.devices), count)[index - 1]]
 
 
-def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: str, clock: SimClock,
+def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: ProtocolChoice, clock: SimClock,
                    procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
     """Start the workers; each is added to ``procs`` as soon as it exists, so a failure stops them all."""
     indices = _shard_indices(config)
@@ -153,7 +155,7 @@ def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: st
     workers = []
     for worker, chunk in enumerate(chunks):
         spec = WorkerSpec(run=str(folder.root.resolve()), worker=worker, indices=[int(i) for i in chunk], broker=url,
-                          federation=config.federation, mqtt_version=version, clock=asdict(clock),
+                          federation=config.federation, mqtt_version=version, clock=clock,
                           speedup=str(config.speedup_value), seed=config.seed,
                           profile_file=str(config.profile_file) if config.profile_file else None,
                           policy=str(config.policy) if config.policy else None, backend=config.backend)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from device_profiles.fleet_config import FleetConfig, build_fleet_config
+from device_profiles.fleet_config import MAX_DEVICES_PER_PROCESS, FleetConfig, build_fleet_config
 from edge_runtime.argtypes import int_list, positive_float, positive_int
 
 DEFAULTS = FleetConfig()
@@ -39,11 +39,12 @@ def register(subparsers: Any) -> None:
                                                                  f"({DEFAULTS.min_examples})")
     fleet.add_argument("--test-fraction", type=positive_float, help="held-out share the coordinator evaluates "
                                                                     f"({DEFAULTS.test_fraction})")
-    fleet.add_argument("--label-column", help="label column of a .csv (label)")
+    fleet.add_argument("--label-column", help=f"label column of a .csv ({DEFAULTS.label_column})")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=["mlp", "cnn"], help=f"model family ({DEFAULTS.model})")
     model.add_argument("--hidden", type=int_list, help="dense hidden sizes, e.g. 64,32 (mlp 64; cnn none)")
-    model.add_argument("--filters", type=int_list, help="cnn: 3x3 conv filters per block (16,32)")
+    model.add_argument("--filters", type=int_list, help="cnn: 3x3 conv filters per block "
+                                                                f"({','.join(map(str, DEFAULTS.filters))})")
     model.add_argument("--batch-size", type=positive_int, help=f"training batch size ({DEFAULTS.batch_size})")
     model.add_argument("--lr", type=positive_float, help=f"device learning rate, SGD ({DEFAULTS.lr})")
     model.add_argument("--momentum", type=float, help=f"SGD momentum ({DEFAULTS.momentum})")
@@ -71,15 +72,18 @@ def register(subparsers: Any) -> None:
                                           "(e.g. Mosquitto)")
     running.add_argument("--federation", help=f"federation name, the topic prefix ({DEFAULTS.federation})")
     running.add_argument("--speedup", help="simulated seconds per real second, e.g. 60, or max: no simulated "
-                                           "waiting at all (max)")
+                                           f"waiting at all ({DEFAULTS.speedup})")
     running.add_argument("--day-seconds", type=positive_float,
                          help=f"with --speedup max, real seconds per simulated day ({DEFAULTS.day_seconds:g})")
-    running.add_argument("--start-hour", type=float, help="simulated UTC hour the run starts at (0)")
+    running.add_argument("--start-hour", type=float, help=f"simulated UTC hour the run starts at "
+                                                              f"({DEFAULTS.start_hour:g})")
     running.add_argument("--processes", type=positive_int,
-                         help="worker processes for the devices (1; at least one per 250 devices)")
+                         help=f"worker processes for the devices ({DEFAULTS.processes}; at least one per "
+                              f"{MAX_DEVICES_PER_PROCESS} devices)")
     running.add_argument("--shard", help="i/n: run the i-th of n slices of the devices; shard 1 runs the "
-                                         "coordinator, all share --broker (1/1)")
-    running.add_argument("--seed", type=int, help="seed of the split, partition, profiles and selection (0)")
+                                         f"coordinator, all share --broker ({DEFAULTS.shard})")
+    running.add_argument("--seed", type=int, help="seed of the split, partition, profiles and "
+                                                         f"selection ({DEFAULTS.seed})")
     running.add_argument("--out", type=Path, help=f"run folder ({DEFAULTS.out})")
     running.add_argument("--backend", choices=["ai_edge_litert", "tflite_runtime", "tensorflow"],
                          help="force a TFLite backend on the devices")

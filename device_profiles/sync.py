@@ -13,7 +13,7 @@ from device_profiles.errors import FleetError
 from device_profiles.fleet_config import FleetConfig
 from edge_runtime.broker_args import mqtt_options
 from edge_runtime.errors import ProtocolError
-from edge_runtime.mqtt import MqttConnection
+from edge_runtime.mqtt import MqttConnection, ProtocolChoice
 from edge_runtime.protocol import CoordinatorState, FleetClock, Topics, decode, encode
 
 log = logging.getLogger(__name__)
@@ -22,13 +22,13 @@ log = logging.getLogger(__name__)
 class FleetLink:
     """Use as a context manager."""
 
-    def __init__(self, url: str, federation: str, mqtt_version: str) -> None:
+    def __init__(self, url: str, federation: str, mqtt_version: ProtocolChoice) -> None:
         self.topics = Topics(federation)
         self._clock: FleetClock | None = None
         self._state: CoordinatorState | None = None
         self._state_seen = time.monotonic()  # when the coordinator was last heard of
         self._changed = threading.Event()
-        options = mqtt_options(url, f"edgefl-fleet-{uuid.uuid4().hex[:12]}", protocol=mqtt_version)  # type: ignore[arg-type]
+        options = mqtt_options(url, f"edgefl-fleet-{uuid.uuid4().hex[:12]}", protocol=mqtt_version)
         self._conn = MqttConnection(options, (self.topics.fleet_clock, self.topics.coordinator), self._receive)
 
     def __enter__(self) -> FleetLink:

@@ -21,6 +21,7 @@ import numpy as np
 
 from device_profiles.clock import SimClock, Speedup
 from device_profiles.emulated import DEFAULT_POLICY, emulated_agent
+from device_profiles.errors import FleetError
 from device_profiles.partition import load_partition
 from device_profiles.prepare import load_devices
 from device_profiles.profiles import load_profiles
@@ -29,6 +30,7 @@ from edge_runtime.agent import DeviceAgent
 from edge_runtime.broker_args import mqtt_options, stop_on_signals
 from edge_runtime.data import Dataset
 from edge_runtime.errors import EdgeflError
+from edge_runtime.mqtt import ProtocolChoice
 from edge_runtime.policy_file import load_policy
 from edge_runtime.protocol import Topics
 
@@ -44,8 +46,8 @@ class WorkerSpec:
     indices: list[int]
     broker: str
     federation: str
-    mqtt_version: str
-    clock: dict[str, float]
+    mqtt_version: ProtocolChoice
+    clock: SimClock
     speedup: str
     seed: int
     profile_file: str | None
@@ -54,7 +56,11 @@ class WorkerSpec:
 
     @classmethod
     def read(cls, path: Path) -> WorkerSpec:
-        return cls(**json.loads(path.read_text()))
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**{**raw, "clock": SimClock(**raw["clock"])})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FleetError(f"{path}: not a worker spec written by edgefl fleet ({exc})") from None
 
 
 def build_agents(spec: WorkerSpec) -> list[DeviceAgent]:
@@ -65,14 +71,14 @@ def build_agents(spec: WorkerSpec) -> list[DeviceAgent]:
         x, y = archive["x"], archive["y"]
     profiles = load_profiles(Path(spec.profile_file) if spec.profile_file else None)
     policy = load_policy(Path(spec.policy)) if spec.policy else DEFAULT_POLICY
-    clock = SimClock(**spec.clock)
+    clock = spec.clock
     speedup = Speedup.parse(spec.speedup)
     deadline_clock = time.time if speedup.is_max else clock.now
     topics = Topics(spec.federation)
     agents = []
     for index in spec.indices:
         entry = entries[index]
-        mqtt = mqtt_options(spec.broker, entry.id, protocol=spec.mqtt_version)  # type: ignore[arg-type]
+        mqtt = mqtt_options(spec.broker, entry.id, protocol=spec.mqtt_version)
         rows = parts[index]
         agents.append(emulated_agent(entry, profiles[entry.profile], Dataset(x[rows], y[rows]), mqtt=mqtt,
                                      topics=topics, cache_dir=folder.cache(spec.worker), clock=clock,
