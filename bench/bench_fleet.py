@@ -276,18 +276,18 @@ def run_scale(runs: Path, devices: int, rounds: int) -> dict[str, Any]:
         "devices": devices,
         "worker_processes": peaks.processes.get("workers", 0),
         "worker_processes_expected": config.worker_processes(devices),
-        "rounds": summary["rounds"],
-        "committed": summary["committed"],
+        "rounds": summary.rounds,
+        "committed": summary.committed,
         "round_wall_mean_s": mean(durations),
         "round_wall_max_s": max(durations, default=None),
-        "run_wall_s": summary["wall_time_s"],
+        "run_wall_s": summary.wall_time_s,
         "run_fleet_call_s": round(call_s, 2),
         "artifact_warm_up_s": round(warm_s, 2),
         "rss": asdict(peaks),
         "mean_eligible": mean([line["eligible"] for line in log.lines]),
         "mean_selected": mean([line["selected"] for line in log.lines]),
         "mean_reported": mean([line["reported"] for line in log.lines]),
-        "final_accuracy": summary["final_accuracy"],
+        "final_accuracy": summary.final_accuracy,
         "federation": config.federation,
     }
 
@@ -329,9 +329,9 @@ def run_accuracy(runs: Path, devices: int, rounds: int, seed: int) -> dict[str, 
     summary = run_fleet(config, on_round=log, note=print)
     print(f"accuracy: central ceiling, {CENTRAL_EPOCHS} epochs", flush=True)
     central = central_ceiling(config.out, CENTRAL_EPOCHS, CENTRAL_LR, seed=seed)
-    federated = {"devices": devices, "rounds": summary["rounds"], "committed": summary["committed"],
-                 "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"],
-                 "best_round": summary["best_round"], "wall_time_s": summary["wall_time_s"],
+    federated = {"devices": devices, "rounds": summary.rounds, "committed": summary.committed,
+                 "final_accuracy": summary.final_accuracy, "best_accuracy": summary.best_accuracy,
+                 "best_round": summary.best_round, "wall_time_s": summary.wall_time_s,
                  "accuracy_per_round": [line["test"]["accuracy"] if line.get("test") else None for line in log.lines],
                  "mean_selected": mean([line["selected"] for line in log.lines]),
                  "mean_reported": mean([line["reported"] for line in log.lines])}

@@ -38,7 +38,7 @@ from device_profiles.prepare import (
 from device_profiles.processes import launch, start_embedded_broker, stop_all
 from device_profiles.profiles import load_profiles
 from device_profiles.run_folder import RunFolder, write_json
-from device_profiles.summary import summarize
+from device_profiles.summary import FleetSummary, summarize
 from device_profiles.sync import FleetLink
 from device_profiles.worker import WorkerSpec
 from edge_runtime.mqtt import ProtocolChoice
@@ -50,7 +50,7 @@ _RUN_FILES = ("rounds.jsonl", "summary.json", "report.png", "coordinator", "work
 
 
 def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
-              note: Callable[[str], None] = log.info, stop: threading.Event | None = None) -> dict[str, Any]:
+              note: Callable[[str], None] = log.info, stop: threading.Event | None = None) -> FleetSummary:
     """Run the fleet to the end; returns the summary (also written to ``summary.json``)."""
     stop = stop or threading.Event()
     folder = RunFolder(config.out)
@@ -73,7 +73,7 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
     finally:
         stop_all(procs)
     summary = summarize(config, folder, lines, entries, clock, classes)
-    write_json(folder.summary, summary)
+    write_json(folder.summary, summary.as_json())
     if lines:
         from device_profiles.report import write_report
 

@@ -119,13 +119,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
-    accuracy = summary["final_accuracy"]
-    best = summary["best_accuracy"]
-    print(f"fleet: {summary['committed']}/{summary['rounds']} rounds committed, final test accuracy "
+    accuracy, best = summary.final_accuracy, summary.best_accuracy
+    print(f"fleet: {summary.committed}/{summary.rounds} rounds committed, final test accuracy "
           f"{'-' if accuracy is None else f'{accuracy:.4f}'} (best {'-' if best is None else f'{best:.4f}'}), "
-          f"{summary['simulated_time_s'] / 3600:.1f} simulated h in {summary['wall_time_s']:.0f} s; "
+          f"{summary.simulated_time_s / 3600:.1f} simulated h in {summary.wall_time_s:.0f} s; "
           f"run folder {config.out}", file=sys.stderr)
-    return 0 if summary["completed"] or not config.runs_coordinator else 1
+    return 0 if summary.completed or not config.runs_coordinator else 1
 
 
 def round_text(line: dict[str, Any]) -> str:

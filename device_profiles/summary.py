@@ -1,4 +1,7 @@
-"""A fleet run's summary: what was learned, how long it took (simulated and real), what moved, who took part."""
+"""A fleet run's summary: what was learned, how long it took (simulated and real), what moved, who took part.
+
+``FleetSummary.as_json()`` is what ``summary.json`` holds.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,48 +18,86 @@ from device_profiles.fleet_config import FleetConfig
 from device_profiles.prepare import DeviceEntry
 from device_profiles.run_folder import RunFolder
 
+_COUNTED = ("selected", "reported", "failed", "interrupted", "dropped", "late", "bytes_in", "bytes_out")
+
+
+@dataclass(frozen=True)
+class Participation:
+    devices: int
+    selected: int  # summed over rounds
+    reported: int
+    devices_that_trained: int
+    mean_eligible: float | None
+
+
+@dataclass(frozen=True)
+class DeviceCounts:
+    """A count as the coordinator saw it, and as the emulated devices counted it themselves."""
+
+    coordinator: int
+    emulated: int
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    rounds: int
+    rounds_requested: int
+    completed: bool
+    committed: int
+    abandoned: int
+    final_accuracy: float | None
+    best_accuracy: float | None
+    best_round: int | None
+    classes: int
+    simulated_time_s: float
+    wall_time_s: float
+    mean_round_wall_s: float | None
+    bytes_in: int  # the coordinator's
+    bytes_out: int
+    device_bytes_received: int
+    device_bytes_sent: int
+    participation: Participation
+    dropouts: DeviceCounts  # coordinator: selected devices silent at a round's deadline
+    interruptions: DeviceCounts
+    failures: int
+    late: int
+    profiles: dict[str, int]
+    config: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 def summarize(config: FleetConfig, folder: RunFolder, lines: Sequence[dict[str, Any]], entries: Sequence[DeviceEntry],
-              clock: SimClock, classes: int) -> dict[str, Any]:
+              clock: SimClock, classes: int) -> FleetSummary:
     accuracies = [(line["round"], line["test"]["accuracy"]) for line in lines if line.get("test")]
     best = max(accuracies, key=lambda item: item[1], default=None)
     stats = _worker_stats(folder)
-    wall = time.time() - clock.wall_start
     total = Counter[str]()
     for line in lines:
-        total.update({key: int(line[key]) for key in ("selected", "reported", "failed", "interrupted", "dropped",
-                                                       "late", "bytes_in", "bytes_out")})
-    return {
-        "rounds": len(lines),
-        "rounds_requested": config.rounds,
-        "completed": len(lines) == config.rounds,
-        "committed": sum(1 for line in lines if line["status"] == "committed"),
-        "abandoned": sum(1 for line in lines if line["status"] == "abandoned"),
-        "final_accuracy": accuracies[-1][1] if accuracies else None,
-        "best_accuracy": best[1] if best else None,
-        "best_round": best[0] if best else None,
-        "classes": classes,
-        "simulated_time_s": round(clock.at(time.time()) - clock.sim_start, 1),
-        "wall_time_s": round(wall, 2),
-        "mean_round_wall_s": round(sum(line["duration_s"] for line in lines) / len(lines), 3) if lines else None,
-        "bytes_in": total["bytes_in"],
-        "bytes_out": total["bytes_out"],
-        "device_bytes_received": sum(s["bytes_received"] for s in stats),
-        "device_bytes_sent": sum(s["bytes_sent"] for s in stats),
-        "participation": {
-            "devices": len(entries),
-            "selected": total["selected"],
-            "reported": total["reported"],
-            "devices_that_trained": sum(1 for s in stats if s["trained"] > 0),
-            "mean_eligible": round(sum(line["eligible"] for line in lines) / len(lines), 2) if lines else None,
-        },
-        "dropouts": {"no_answer_by_deadline": total["dropped"], "emulated": sum(s["dropped"] for s in stats)},
-        "interruptions": {"reported": total["interrupted"], "emulated": sum(s["interrupted"] for s in stats)},
-        "failures": total["failed"],
-        "late": total["late"],
-        "profiles": dict(sorted(Counter(e.profile for e in entries).items())),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-    }
+        total.update({key: int(line[key]) for key in _COUNTED})
+    return FleetSummary(
+        rounds=len(lines), rounds_requested=config.rounds, completed=len(lines) == config.rounds,
+        committed=sum(1 for line in lines if line["status"] == "committed"),
+        abandoned=sum(1 for line in lines if line["status"] == "abandoned"),
+        final_accuracy=accuracies[-1][1] if accuracies else None,
+        best_accuracy=best[1] if best else None, best_round=best[0] if best else None, classes=classes,
+        simulated_time_s=round(clock.at(time.time()) - clock.sim_start, 1),
+        wall_time_s=round(time.time() - clock.wall_start, 2),
+        mean_round_wall_s=round(sum(line["duration_s"] for line in lines) / len(lines), 3) if lines else None,
+        bytes_in=total["bytes_in"], bytes_out=total["bytes_out"],
+        device_bytes_received=sum(s["bytes_received"] for s in stats),
+        device_bytes_sent=sum(s["bytes_sent"] for s in stats),
+        participation=Participation(
+            devices=len(entries), selected=total["selected"], reported=total["reported"],
+            devices_that_trained=sum(1 for s in stats if s["trained"] > 0),
+            mean_eligible=round(sum(line["eligible"] for line in lines) / len(lines), 2) if lines else None),
+        dropouts=DeviceCounts(total["dropped"], sum(s["dropped"] for s in stats)),
+        interruptions=DeviceCounts(total["interrupted"], sum(s["interrupted"] for s in stats)),
+        failures=total["failed"], late=total["late"],
+        profiles=dict(sorted(Counter(e.profile for e in entries).items())),
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+    )
 
 
 def _worker_stats(folder: RunFolder) -> list[dict[str, Any]]:
