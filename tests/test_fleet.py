@@ -69,7 +69,7 @@ def test_a_fleet_of_20_runs_3_rounds_on_the_embedded_broker_with_simulated_waits
     upload and the model 1.4 to download, so no round can close in under 0.45 s of real time."""
     out = tmp_path / "run"
     done = fleet(out, "--devices", "20", "--rounds", "3", "--speedup", "10", "--round-interval", "0",
-                 "--round-timeout", "600", "--profiles", "gateway", "--partition", "shards:2")
+                 "--round-timeout", "60", "--profiles", "gateway", "--partition", "shards:2")
     assert done.returncode == 0, done.stderr
     summary = check_run_folder(out, 20, 3)
     assert summary["profiles"] == {"gateway": 20}
