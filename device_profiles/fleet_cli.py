@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
     rounds.add_argument("--over-select", type=positive_float, help=f"select goal x this ({DEFAULTS.over_select})")
     rounds.add_argument("--round-timeout", type=positive_float,
                         help="round deadline in seconds of the coordinator's clock: simulated with --speedup S "
-                             "(600), real with max (20)")
+                             "(600), real with max (5)")
     rounds.add_argument("--round-interval", type=float,
                         help="simulated seconds from one round's start to the next's, 0: back to back "
                              f"({DEFAULTS.round_interval:g})")

@@ -138,11 +138,11 @@ class FleetConfig:
 
     @property
     def deadline_s(self) -> float:
-        """The round deadline: ``round_timeout``, else 10 simulated minutes, or 20 real seconds under ``max``
+        """The round deadline: ``round_timeout``, else 10 simulated minutes, or 5 real seconds under ``max``
         (where nothing simulated waits and a slow host is the only reason to be late)."""
         if self.round_timeout is not None:
             return self.round_timeout
-        return 20.0 if self.speedup_value.is_max else 600.0
+        return 5.0 if self.speedup_value.is_max else 600.0
 
     def worker_processes(self, devices: int) -> int:
         """``processes``, or more if that would put over ``MAX_DEVICES_PER_PROCESS`` devices in one."""
