@@ -245,15 +245,14 @@ def warm_artifact(config: FleetConfig) -> float:
 def warm_artifact_main(toml: Path) -> int:
     """``--warm-artifact FLEET.toml``: prepare the data and export (or find) the artifact, in a scratch folder."""
     from device_profiles.fleet_config import build_fleet_config
-    from device_profiles.prepare import default_cache, export_artifact, prepare_data
+    from device_profiles.prepare import class_count, default_cache, export_artifact, prepare_data
     from device_profiles.run_folder import RunFolder
 
     with tempfile.TemporaryDirectory(prefix="bench-fleet-warm-") as tmp:
         config = build_fleet_config(toml, {"out": Path(tmp)})
         folder = RunFolder(config.out)
         train, test, _ = prepare_data(config, folder)
-        classes = int(max(train.y.max(), test.y.max())) + 1
-        export_artifact(config, train, classes, folder, default_cache())
+        export_artifact(config, train, class_count(train, test), folder, default_cache())
     return 0
 
 

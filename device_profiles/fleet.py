@@ -28,6 +28,7 @@ from device_profiles.fleet_config import EMBEDDED, FleetConfig
 from device_profiles.prepare import (
     DeviceEntry,
     assign_devices,
+    class_count,
     default_cache,
     export_artifact,
     save_data,
@@ -55,23 +56,24 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
     stop = stop or threading.Event()
     folder = RunFolder(config.out)
     entries, classes = _prepare(config, folder, note)  # everything is checked before a file is touched
-    procs: list[subprocess.Popen[bytes]] = []
+    brokers: list[subprocess.Popen[bytes]] = []
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         url = config.broker
         version: ProtocolChoice = "auto"
         if config.broker == EMBEDDED:
             broker, url = start_embedded_broker(folder.log("broker"))
-            procs.append(broker)
+            brokers.append(broker)
             version = "3.1.1"  # amqtt speaks 3.1.1 only; saying so spares every device the v5 probe
         with FleetLink(url, config.federation, version) as link:
             try:
-                lines, clock = _run(config, folder, url, version, link, procs, on_round, note, stop)
+                lines, clock = _run(config, folder, url, version, link, workers, on_round, note, stop)
             finally:
-                stop_all(procs[1:] if config.broker == EMBEDDED else procs)  # the devices, before the clean-up
+                stop_all(workers)  # the devices go offline before the broker is cleaned up
                 if config.runs_coordinator:
                     link.clear_retained([e.id for e in entries])
     finally:
-        stop_all(procs)
+        stop_all(workers + brokers)
     summary = summarize(config, folder, lines, entries, clock, classes)
     write_json(folder.summary, summary.as_json())
     if lines:
@@ -83,12 +85,12 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
 
 
 def _run(config: FleetConfig, folder: RunFolder, url: str, version: ProtocolChoice, link: FleetLink,
-         procs: list[subprocess.Popen[bytes]], on_round: RoundCallback | None, note: Callable[[str], None],
+         workers: list[subprocess.Popen[bytes]], on_round: RoundCallback | None, note: Callable[[str], None],
          stop: threading.Event) -> tuple[list[dict[str, Any]], SimClock]:
     if not config.runs_coordinator:
         note(f"waiting for shard 1's clock on {link.topics.fleet_clock}")
     clock = link.publish_clock(config) if config.runs_coordinator else link.wait_clock()
-    workers = _start_workers(config, folder, url, version, clock, procs)
+    _start_workers(config, folder, url, version, clock, workers)
     note(f"{len(_shard_indices(config))} devices in {len(workers)} worker process(es) on {url}, "
          f"speedup {config.speedup_value}, simulated start {hour_of_day(clock.sim_start):05.2f} h UTC")
     finishing = _watch_workers(workers, stop)
@@ -134,7 +136,7 @@ def _prepare(config: FleetConfig, folder: RunFolder, note: Callable[[str], None]
     write_config_toml(folder.config, config)
     save_data(config, folder, train, test, parts)
     save_devices(folder.devices, entries)
-    classes = int(max(train.y.max(), test.y.max())) + 1
+    classes = class_count(train, test)
     note(f"{config.dataset}: {len(train)} training examples over {len(parts)} devices ({config.partition}), "
          f"{len(test)} held out; {classes} classes")
     if config.runs_coordinator:
@@ -148,11 +150,10 @@ def _shard_indices(config: FleetConfig) -> list[int]:
 
 
 def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: ProtocolChoice, clock: SimClock,
-                   procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
-    """Start the workers; each is added to ``procs`` as soon as it exists, so a failure stops them all."""
+                   workers: list[subprocess.Popen[bytes]]) -> None:
+    """Start the workers into ``workers``, each as soon as it exists, so that a failure can stop them all."""
     indices = _shard_indices(config)
     chunks = [c for c in np.array_split(np.array(indices), config.worker_processes(len(indices))) if c.size]
-    workers = []
     for worker, chunk in enumerate(chunks):
         spec = WorkerSpec(run=str(folder.root.resolve()), worker=worker, indices=[int(i) for i in chunk], broker=url,
                           federation=config.federation, mqtt_version=version, clock=clock,
@@ -162,16 +163,14 @@ def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: Pr
         write_json(folder.worker_spec(worker), asdict(spec))
         proc = launch(["-m", "device_profiles.worker", str(folder.worker_spec(worker))], folder.log(f"worker-{worker}"))
         workers.append(proc)
-        procs.append(proc)
         if config.broker == EMBEDDED:  # amqtt loses sessions when clients of two workers connect at once
             _wait_ready(proc, folder, worker, len(chunk))
     for worker, (proc, chunk) in enumerate(zip(workers, chunks, strict=True)):
         _wait_ready(proc, folder, worker, len(chunk))
-    return workers
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], folder: RunFolder, worker: int, devices: int) -> None:
-    """Workers start one after another, each once the previous one's devices are connected."""
+    """Until worker ``worker`` says its devices are connected and subscribed, or fails."""
     deadline = time.monotonic() + 60.0 + 0.5 * devices
     while not folder.worker_ready(worker).exists():
         if proc.poll() is not None:

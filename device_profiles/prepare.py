@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from coordinator.options import key_of
 from device_profiles.availability import draw
 from device_profiles.datasets import load_dataset, load_device_folder, train_test_split
 from device_profiles.fleet_config import FleetConfig
@@ -30,6 +31,7 @@ from device_profiles.mix import assign, parse_mix
 from device_profiles.partition import partition, save_partition
 from device_profiles.profiles import DeviceProfile
 from device_profiles.run_folder import RunFolder, write_json
+from edge_runtime.cache import cache_home
 from edge_runtime.data import Dataset
 from edge_runtime.errors import DataError
 from edge_runtime.manifest import OptimizerConfig
@@ -167,8 +169,12 @@ def _export(spec: ModelSpec, out: Path) -> None:
 
 
 def default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgefl" / "fleet-artifacts"
+    return cache_home() / "fleet-artifacts"
+
+
+def class_count(train: Dataset, test: Dataset) -> int:
+    """Classes of the model: labels are 0, 1, ..., and either split may hold the largest."""
+    return int(max(train.y.max(), test.y.max())) + 1
 
 
 def write_config_toml(path: Path, config: FleetConfig) -> None:
@@ -178,7 +184,7 @@ def write_config_toml(path: Path, config: FleetConfig) -> None:
         value = getattr(config, f.name)
         if value is None:
             continue
-        key = f.name.replace("_", "-")
+        key = key_of(f.name)
         if isinstance(value, (bool, int, float)):
             text = str(value).lower() if isinstance(value, bool) else repr(value)
         elif isinstance(value, tuple):

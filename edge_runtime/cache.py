@@ -14,9 +14,13 @@ from edge_runtime.manifest import MANIFEST_FILE
 from edge_runtime.protocol import artifact_id
 
 
+def cache_home() -> Path:
+    """edgefl's folder under the user's cache (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgefl"
+
+
 def default_cache_dir(device_id: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgefl" / "device" / device_id
+    return cache_home() / "device" / device_id
 
 
 class ArtifactCache:
