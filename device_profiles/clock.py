@@ -10,6 +10,7 @@ runs a simulated day in ``day_seconds`` of wall time).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DAY_S = 86400.0
@@ -42,6 +43,11 @@ class Speedup:
         """Simulated seconds per wall second of the availability clock."""
         return DAY_S / day_seconds if self.factor is None else self.factor
 
+    def deadline_clock(self, clock: SimClock) -> Callable[[], float]:
+        """The clock round deadlines are on, for the coordinator and devices alike: simulated with a factor,
+        the wall clock under ``max`` (where nothing simulated waits)."""
+        return time.time if self.factor is None else clock.now
+
     def real_s(self, simulated_s: float) -> float:
         """Real seconds to wait for ``simulated_s``; nothing under ``max``."""
         return 0.0 if self.factor is None else simulated_s / self.factor
@@ -68,10 +74,6 @@ class SimClock:
 
     def at(self, wall: float) -> float:
         return self.sim_start + (wall - self.wall_start) * self.rate
-
-    def elapsed_s(self, simulated: float) -> float:
-        """Simulated seconds since the run's start."""
-        return simulated - self.sim_start
 
 
 def hour_of_day(simulated: float) -> float:

@@ -216,6 +216,6 @@ def _coordinate(config: FleetConfig, folder: RunFolder, url: str, version: str, 
 
     coordinator = Coordinator(config.coordinator_config(folder.artifact, folder.coordinator, folder.test, url,
                                                         version, clock.rate),
-                              clock=clock.now if simulated else time.time, on_round=record)
+                              clock=config.speedup_value.deadline_clock(clock), on_round=record)
     coordinator.run(stop)
     return lines

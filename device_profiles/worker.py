@@ -77,7 +77,7 @@ def build_agents(spec: WorkerSpec) -> list[DeviceAgent]:
     policy = load_policy(Path(spec.policy)) if spec.policy else DEFAULT_POLICY
     clock = spec.clock
     speedup = Speedup.parse(spec.speedup)
-    deadline_clock = time.time if speedup.is_max else clock.now
+    deadline_clock = speedup.deadline_clock(clock)
     topics = Topics(spec.federation)
     agents = []
     for index in spec.indices:
