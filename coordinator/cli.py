@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.config import build_config
+from coordinator.pipeline_args import add_pipeline_arguments
 from edge_runtime.argtypes import positive_float, positive_int
 from edge_runtime.broker_args import add_broker_arguments, stop_on_signals
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "coordinator", help="run federated rounds: select devices, aggregate their updates (FedAvg)",
+        "coordinator", help="run federated rounds: select devices, aggregate their updates (--strategy)",
         description="Select a fraction of the eligible devices each round, collect their clipped updates until the "
-                    "goal count or the deadline, and commit the FedAvg aggregate when enough arrived. Every option "
+                    "goal count or the deadline, and commit the strategy's aggregate when enough arrived. Every option "
                     "can also be set in a TOML file (--config) under the same name, e.g. round-timeout = 30; flags "
                     "win over the file.")
     p.add_argument("--config", type=Path, help="TOML file with any of the options below")
@@ -41,9 +42,9 @@ def register(subparsers: Any) -> None:
     training.add_argument("--local-epochs", type=positive_int, help="epochs each device trains per round (1)")
     training.add_argument("--lr", type=positive_float, help="device learning rate (default: the manifest's)")
     training.add_argument("--clip-norm", type=positive_float, help="L2 bound on each device's update (5.0)")
-    training.add_argument("--server-lr", type=positive_float, help="server learning rate of FedAvg (1.0)")
     training.add_argument("--max-payload", type=positive_int, help="refuse larger updates, bytes "
                                                                    "(default: model size + 64 KiB)")
+    add_pipeline_arguments(p)
     evaluation = p.add_argument_group("evaluation")
     evaluation.add_argument("--eval-every", type=int, help="federated evaluation every K rounds, 0: never (5)")
     evaluation.add_argument("--test-data", type=Path, help="held-out .npz/.csv evaluated after every commit")

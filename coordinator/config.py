@@ -15,9 +15,14 @@ from typing import Any
 
 from coordinator.errors import ConfigError
 from coordinator.options import build_options, want
+from coordinator.rounds import DEFAULT_MAX_EXAMPLES
+from coordinator.strategies import HYPERPARAMETERS, Strategy, build_strategy
+from edge_runtime.codecs import CODECS, DEFAULT_CODEC
 from edge_runtime.errors import ProtocolError
 from edge_runtime.protocol import DEFAULT_FEDERATION, check_name
 
+# The update-pipeline options, the same in every command that runs a coordinator (edgefl fleet too).
+PIPELINE_OPTIONS = ("codec", "max_examples", "weighting", "strategy", "reset_strategy", *HYPERPARAMETERS)
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
@@ -40,7 +45,20 @@ class CoordinatorConfig:
     local_epochs: int = 1
     lr: float | None = None
     clip_norm: float = 5.0
-    server_lr: float = 1.0
+    # the update pipeline: how updates travel, how much one may weigh, how they are aggregated
+    codec: str = DEFAULT_CODEC
+    max_examples: int = DEFAULT_MAX_EXAMPLES
+    weighting: str = "examples"
+    strategy: str = "fedavg"
+    reset_strategy: bool = False
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+    trim: float | None = None
+    attackers: int | None = None
+    krum_select: int | None = None
     eval_every: int = 5
     test_data: Path | None = None
     seed: int = 0
@@ -62,7 +80,10 @@ class CoordinatorConfig:
         want(self.local_epochs >= 1, "local-epochs", "an integer >= 1", self.local_epochs)
         want(self.lr is None or self.lr > 0, "lr", "a learning rate > 0", self.lr)
         want(self.clip_norm > 0, "clip-norm", "an L2 bound > 0", self.clip_norm)
-        want(self.server_lr > 0, "server-lr", "a number > 0", self.server_lr)
+        want(self.codec in CODECS, "codec", f"one of {', '.join(CODECS)}", self.codec)
+        want(self.max_examples >= 1, "max-examples", "an integer >= 1", self.max_examples)
+        want(self.weighting in ("examples", "uniform"), "weighting", "examples or uniform", self.weighting)
+        self.build_strategy()  # refuses an unknown strategy, an option it does not take, or a bad value
         want(self.eval_every >= 0, "eval-every", "an integer >= 0 (0: never)", self.eval_every)
         want(self.max_payload is None or self.max_payload > 0, "max-payload", "bytes > 0", self.max_payload)
         want(self.mqtt_version in ("auto", "5", "3.1.1"), "mqtt-version", "auto, 5 or 3.1.1", self.mqtt_version)
@@ -71,6 +92,10 @@ class CoordinatorConfig:
         except ProtocolError as exc:
             raise ConfigError("configuration", "federation", "1-64 characters from A-Z a-z 0-9 _ . -",
                               self.federation) from exc
+
+
+    def build_strategy(self) -> Strategy[Any]:
+        return build_strategy(self.strategy, {name: getattr(self, name) for name in HYPERPARAMETERS})
 
 
 def build_config(file: Path | None, overrides: Mapping[str, Any]) -> CoordinatorConfig:

@@ -1,9 +1,14 @@
-"""One JSON line per round: what was selected, accepted, refused and why, traffic, time, metrics."""
+"""One JSON line per round: what was selected, accepted, refused and why, traffic, time, metrics.
+
+Lines are strict JSON: a value that is not finite (an overflowing loss) is
+written as null, and the line's ``nulled`` field names it and says why.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +25,7 @@ def round_line(outcome: RoundOutcome, tally: Tally, started_at: float, duration_
                test: Metrics | None, federated: Metrics | None) -> dict[str, Any]:
     """``started_at`` is on the coordinator's clock (seconds since the epoch; simulated in an emulated fleet)."""
     plan = outcome.plan
-    return {
+    return strict_line({
         "round": plan.number,
         "status": outcome.status,
         "closed_by": outcome.closed_by,
@@ -44,7 +49,31 @@ def round_line(outcome: RoundOutcome, tally: Tally, started_at: float, duration_
         "duration_s": round(duration_s, 3),
         "test": asdict(test) if test else None,
         "federated_eval": asdict(federated) if federated else None,
-    }
+        "strategy": dict(outcome.diagnostics),
+    })
+
+
+def strict(value: Any, path: str = "", nulled: dict[str, str] | None = None) -> Any:
+    """``value`` with every non-finite float replaced by None; each replacement's path and value go to
+    ``nulled`` (``{"train_loss": "inf"}``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if nulled is not None:
+            nulled[path] = f"{value} is not a JSON number"
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v, f"{path}.{k}" if path else str(k), nulled) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v, f"{path}[{i}]", nulled) for i, v in enumerate(value)]
+    return value
+
+
+def strict_line(line: dict[str, Any]) -> dict[str, Any]:
+    """``line`` with no Infinity or NaN: such values become null, listed in a ``nulled`` field."""
+    nulled: dict[str, str] = {}
+    clean: dict[str, Any] = strict(line, "", nulled)
+    if nulled:
+        clean["nulled"] = nulled
+    return clean
 
 
 class RoundLog:
@@ -55,9 +84,10 @@ class RoundLog:
         self._on_line = on_line
 
     def write(self, line: dict[str, Any]) -> None:
+        """Append ``line`` (strict JSON: ``round_line`` made it so) and hand it to the callback."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(line) + "\n")
+            handle.write(json.dumps(line, allow_nan=False) + "\n")
         log.info("round %d %s: %d/%d reported", line["round"], line["status"], line["reported"], line["selected"])
         if self._on_line is not None:
             self._on_line(line)

@@ -1,9 +1,12 @@
 """One training round, without I/O: what is accepted, what is refused and why, and how it ends.
 
-``OpenRound`` holds a plan (who was selected, for which model version, until
-when), folds accepted updates into the strategy's streaming state, and counts
-every refusal by reason. ``close`` turns it into a ``RoundOutcome``: commit if
-at least ``min_reports`` updates arrived, otherwise abandon and keep the model.
+``OpenRound`` holds a plan (who was selected, for which model version, with
+which codec and example cap, until when), decodes each update with the
+task's codec, checks it, folds accepted updates into the strategy's
+accumulator, and counts every refusal by reason. ``close`` turns it into a
+``RoundOutcome``: commit if at least ``min_reports`` updates arrived (the
+strategy's ``apply`` then gives the next server state), otherwise abandon
+and keep the model.
 """
 
 from __future__ import annotations
@@ -12,17 +15,22 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from coordinator.aggregate import WeightedSum
-from coordinator.fedavg import FedAvg
+from coordinator.server_state import ServerState
+from coordinator.strategies import Diagnostics, Strategy
+from edge_runtime.codecs import get_codec
 from edge_runtime.errors import WeightsError
 from edge_runtime.manifest import WeightSpec
 from edge_runtime.protocol import TaskFailed, UpdateHeader
-from edge_runtime.updates import within_bound
-from edge_runtime.weights import Weights, check_weights
+from edge_runtime.updates import l2_norm
+from edge_runtime.weights import Weights
+
+Weighting = Literal["examples", "uniform"]
+# A device's weight in a mean is its example count, capped here (docs/STRATEGIES.md says why 1024).
+DEFAULT_MAX_EXAMPLES = 1024
 
 # Reasons an update or message is refused; the round line counts rejections by these.
 UNKNOWN_DEVICE = "unknown_device"
@@ -39,6 +47,8 @@ NON_FINITE = "non_finite"
 NORM_EXCEEDED = "norm_exceeded"
 NO_OPEN_ROUND = "no_open_round"
 BAD_STATUS = "bad_status"
+WRONG_CODEC = "wrong_codec"
+EXAMPLES_EXCEEDED = "examples_exceeded"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,9 @@ class RoundPlan:
     min_reports: int
     clip_norm: float
     deadline: float
+    codec: str = "float32"
+    max_examples: int = DEFAULT_MAX_EXAMPLES
+    weighting: Weighting = "examples"
 
 
 @dataclass
@@ -74,25 +87,29 @@ class RoundOutcome:
     examples: int
     train_loss: float | None
     no_answer: int  # selected devices that sent neither an update nor a failure
-    weights: Weights | None  # the new global model when committed
+    state: ServerState | None  # when committed: the strategy's result (counters not yet moved on)
+    diagnostics: Diagnostics = field(default_factory=dict)
 
 
 class OpenRound:
-    def __init__(self, plan: RoundPlan, global_weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...],
-                 strategy: FedAvg, tally: Tally | None = None) -> None:
+    def __init__(self, plan: RoundPlan, server: ServerState, specs: tuple[WeightSpec, ...],
+                 strategy: Strategy[Any], tally: Tally | None = None) -> None:
         self.plan = plan
         self.tally = tally if tally is not None else Tally()
-        self._global = global_weights
+        self._server = server
         self._specs = specs
+        self._parameters = sum(math.prod(spec.shape) for spec in specs)
         self._strategy = strategy
-        self._state: WeightedSum = strategy.begin(global_weights)
+        self._codec = get_codec(plan.codec)
+        self._accumulated = strategy.begin(server.weights, max(1, len(plan.selected)))
+        self._reported = 0
         self._answered: set[str] = set()
         self._loss_sum = 0.0
         self._examples = 0
 
     @property
     def reported(self) -> int:
-        return self._state.count
+        return self._reported
 
     @property
     def goal_reached(self) -> bool:
@@ -110,17 +127,35 @@ class OpenRound:
             reason = WRONG_MODEL_VERSION
         if reason is None and (header.examples <= 0 or not math.isfinite(header.train_loss)):
             reason = BAD_METADATA
+        if reason is None and header.examples > self.plan.max_examples:
+            reason = EXAMPLES_EXCEEDED
+        if reason is None and header.codec != self.plan.codec:
+            reason = WRONG_CODEC
         checked: Weights = {}
         if reason is None:
-            reason, checked = _check_tensors(tensors, self._specs, self.plan.clip_norm)
+            reason, checked = self._check_tensors(tensors)
         if reason is not None:
             self.tally.rejected[reason] += 1
             return reason
-        self._strategy.accumulate(self._state, checked, header.examples)
+        weight = float(header.examples) if self.plan.weighting == "examples" else 1.0
+        self._accumulated.add(checked, weight)
+        self._reported += 1
         self._answered.add(sender)
         self._loss_sum += header.train_loss * header.examples
         self._examples += header.examples
         return None
+
+    def _check_tensors(self, tensors: Mapping[str, np.ndarray]) -> tuple[str | None, Weights]:
+        """Decode with the task's codec, then check: finite, the artifact's names and shapes, within the bound."""
+        if has_non_finite(tensors):  # before decoding, which would refuse NaN too but under another reason
+            return NON_FINITE, {}
+        try:
+            checked = self._codec.decode(tensors, self._specs)
+        except WeightsError:
+            return BAD_TENSORS, {}
+        if l2_norm(checked) > self._codec.max_norm(self.plan.clip_norm, self._parameters):
+            return NORM_EXCEEDED, {}
+        return None, checked
 
     def offer_failure(self, sender: str, known: bool, message: TaskFailed) -> str | None:
         """Count a device's report that it could not finish its task."""
@@ -152,25 +187,13 @@ class OpenRound:
 
     def close(self, closed_by: Literal["goal", "all_answered", "deadline", "stopped"]) -> RoundOutcome:
         commit = self.reported >= self.plan.min_reports and closed_by != "stopped"
-        weights = self._strategy.apply(self._global, self._state) if commit else None
+        state, diagnostics = self._strategy.apply(self._server, self._accumulated) if commit else (None, {})
+        loss = self._loss_sum / self._examples if self._examples else None
         return RoundOutcome(
             self.plan, "committed" if commit else "abandoned", closed_by, self.reported, self._examples,
-            self._loss_sum / self._examples if self._examples else None,
-            len(self.plan.selected - self._answered), weights,
+            loss,
+            len(self.plan.selected - self._answered), state, diagnostics,
         )
-
-
-def _check_tensors(tensors: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...],
-                   clip_norm: float) -> tuple[str | None, Weights]:
-    if has_non_finite(tensors):  # before check_weights, which would refuse NaN too but under another reason
-        return NON_FINITE, {}
-    try:
-        checked = check_weights(tensors, specs)
-    except WeightsError:
-        return BAD_TENSORS, {}
-    if not within_bound(checked, clip_norm):
-        return NORM_EXCEEDED, {}
-    return None, checked
 
 
 def has_non_finite(tensors: Mapping[str, np.ndarray]) -> bool:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from coordinator.pipeline_args import add_pipeline_arguments
+from device_profiles.attacks import ATTACK_KINDS
 from device_profiles.fleet_config import MAX_DEVICES_PER_PROCESS, FleetConfig, build_fleet_config
 from edge_runtime.argtypes import int_list, positive_float, positive_int
 
@@ -40,6 +42,9 @@ def register(subparsers: Any) -> None:
     fleet.add_argument("--test-fraction", type=positive_float, help="held-out share the coordinator evaluates "
                                                                     f"({DEFAULTS.test_fraction})")
     fleet.add_argument("--label-column", help=f"label column of a .csv ({DEFAULTS.label_column})")
+    fleet.add_argument("--attack", metavar="KIND:FRACTION",
+                       help=f"make that fraction of the devices hostile, KIND one of {', '.join(ATTACK_KINDS)} "
+                            "(none)")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=["mlp", "cnn"], help=f"model family ({DEFAULTS.model})")
     model.add_argument("--hidden", type=int_list, help="dense hidden sizes, e.g. 64,32 (mlp 64; cnn none)")
@@ -63,10 +68,9 @@ def register(subparsers: Any) -> None:
                              f"({DEFAULTS.round_interval:g})")
     rounds.add_argument("--local-epochs", type=positive_int, help=f"epochs per round ({DEFAULTS.local_epochs})")
     rounds.add_argument("--clip-norm", type=positive_float, help=f"L2 bound of updates ({DEFAULTS.clip_norm:g})")
-    rounds.add_argument("--server-lr", type=positive_float, help=f"FedAvg server learning rate "
-                                                                 f"({DEFAULTS.server_lr:g})")
     rounds.add_argument("--eval-every", type=int, help="federated evaluation every K rounds, 0: never "
                                                        f"({DEFAULTS.eval_every})")
+    add_pipeline_arguments(p)
     running = p.add_argument_group("running")
     running.add_argument("--broker", help="embedded (an amqtt broker in its own process) or mqtt://HOST[:PORT] "
                                           "(e.g. Mosquitto)")

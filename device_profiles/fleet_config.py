@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.config import CoordinatorConfig
+from coordinator.config import PIPELINE_OPTIONS, CoordinatorConfig
 from coordinator.errors import ConfigError
 from coordinator.options import build_options, want
+from device_profiles.attacks import ATTACK_FORMAT, AttackSpec
 from device_profiles.clock import Speedup
 from device_profiles.partition import PartitionSpec, parse_partition
 from edge_runtime.data import DEFAULT_LABEL_COLUMN
@@ -37,6 +38,7 @@ class FleetConfig:
     min_examples: int = 1
     test_fraction: float = 0.2
     label_column: str = DEFAULT_LABEL_COLUMN
+    attack: str | None = None  # KIND:FRACTION of hostile devices (device_profiles.attacks); None: none
     # the model
     model: str = "cnn"
     hidden: tuple[int, ...] | None = None
@@ -54,8 +56,21 @@ class FleetConfig:
     round_interval: float = 1800.0
     local_epochs: int = 2
     clip_norm: float = 10.0
-    server_lr: float = 1.0
     eval_every: int = 0
+    # the update pipeline (coordinator.config.PIPELINE_OPTIONS): None is the coordinator's default
+    codec: str | None = None
+    max_examples: int | None = None
+    weighting: str | None = None
+    strategy: str | None = None
+    reset_strategy: bool = False
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+    trim: float | None = None
+    attackers: int | None = None
+    krum_select: int | None = None
     # running it
     broker: str = EMBEDDED
     federation: str = "fleet"
@@ -85,6 +100,7 @@ class FleetConfig:
         want(self.broker == EMBEDDED or self.broker.startswith(("mqtt://", "mqtts://")), "broker",
              "embedded, or mqtt://HOST[:PORT] / mqtts://HOST[:PORT]", self.broker)
         self.partition_spec  # noqa: B018 -- parse now so a bad spec is refused before anything starts
+        self.attack_spec  # noqa: B018 -- likewise
         count = self.shard_index[1]
         want(count == 1 or self.broker != EMBEDDED, "shard",
              "a shared broker (--broker mqtt://...) when the fleet is split over several machines", self.shard)
@@ -101,8 +117,13 @@ class FleetConfig:
             mqtt_version=mqtt_version, rounds=self.rounds, fraction=self.fraction, min_clients=self.min_clients,
             over_select=self.over_select, min_reports=self.min_reports, round_timeout=self.deadline_s,
             round_interval=self.round_interval if simulated else self.round_interval / clock_rate,
-            local_epochs=self.local_epochs, lr=self.lr, clip_norm=self.clip_norm, server_lr=self.server_lr,
-            eval_every=self.eval_every, test_data=test_data, seed=self.seed, expect_devices=self.devices)
+            local_epochs=self.local_epochs, lr=self.lr, clip_norm=self.clip_norm, eval_every=self.eval_every,
+            test_data=test_data, seed=self.seed, expect_devices=self.devices, **self.pipeline_options)
+
+    @property
+    def pipeline_options(self) -> dict[str, Any]:
+        """The update-pipeline options given (the rest take the coordinator's defaults)."""
+        return {name: getattr(self, name) for name in PIPELINE_OPTIONS if getattr(self, name) is not None}
 
     @property
     def partition_spec(self) -> PartitionSpec:
@@ -110,6 +131,15 @@ class FleetConfig:
             return parse_partition(self.partition)
         except ValueError as exc:
             raise ConfigError("configuration", "partition", f"a valid spec ({exc})", self.partition) from None
+
+    @property
+    def attack_spec(self) -> AttackSpec | None:
+        if self.attack is None:
+            return None
+        try:
+            return AttackSpec.parse(self.attack)
+        except ValueError:
+            raise ConfigError("configuration", "attack", ATTACK_FORMAT, self.attack) from None
 
     @property
     def speedup_value(self) -> Speedup:

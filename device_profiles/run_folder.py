@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.report import strict
+
 
 @dataclass(frozen=True)
 class RunFolder:
@@ -75,5 +77,5 @@ def write_json(path: Path, value: Any) -> None:
     """Write atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    tmp.write_text(json.dumps(strict(value), indent=1, allow_nan=False) + "\n")  # no Infinity/NaN: null
     os.replace(tmp, path)

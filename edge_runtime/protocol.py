@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from edge_runtime.codecs import DEFAULT_CODEC, FLOAT32
 from edge_runtime.errors import ProtocolError, WeightsError
 from edge_runtime.weights import Weights, weights_from_bytes, weights_to_bytes
 
@@ -145,6 +146,8 @@ class TrainTask:
     lr: float
     clip_norm: float
     seed: int
+    codec: str = DEFAULT_CODEC  # how the update is encoded (edge_runtime.codecs)
+    max_examples: int = 0  # train on at most this many examples per epoch and report at most this many; 0: no cap
     kind: Literal["train"] = "train"
 
 
@@ -331,6 +334,7 @@ class UpdateHeader:
     examples: int
     train_loss: float
     norm: float  # L2 norm before clipping
+    codec: str = DEFAULT_CODEC  # the codec its tensors are encoded with; must be the task's
     kind: Literal["update"] = "update"
 
 
@@ -444,5 +448,6 @@ def unbundle_files(payload: bytes, limit: int) -> tuple[ArtifactHeader, dict[str
 
 
 def tensor_payload_limit(parameter_count: int) -> int:
-    """Default size limit of an update or global-model payload: the float32 tensors plus 64 KiB of header."""
-    return parameter_count * 4 + 64 * 1024
+    """Size limit of a global-model payload: the float32 tensors plus 64 KiB of header (an update's limit is its
+    codec's ``payload_limit``)."""
+    return FLOAT32.payload_limit(parameter_count)

@@ -75,8 +75,13 @@ class Trainer:
         self._runner("set_weights")(**checked)
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None, steps: int | None = None,
-            lr: float | None = None, seed: int = 0, on_step: StepCallback | None = None) -> TrainResult:
+            lr: float | None = None, seed: int = 0, on_step: StepCallback | None = None,
+            max_examples: int | None = None) -> TrainResult:
         """Train for ``epochs`` passes or exactly ``steps`` batches (give one of them).
+
+        With ``max_examples``, an epoch is a seeded sample of at most that many
+        examples (drawn afresh each epoch), so a device with more data does not
+        train longer or weigh more than the cap allows.
 
         Batches are drawn from a seeded shuffle, reshuffled every epoch. A short
         last batch is padded and masked, so every example is trained on once
@@ -86,12 +91,16 @@ class Trainer:
             raise EdgeRuntimeError(f"give exactly one of epochs or steps, got epochs={epochs}, steps={steps}")
         if (epochs is not None and epochs < 1) or (steps is not None and steps < 1):
             raise EdgeRuntimeError(f"epochs and steps must be >= 1, got epochs={epochs}, steps={steps}")
+        if max_examples is not None and max_examples < 1:
+            raise EdgeRuntimeError(f"max_examples must be >= 1, got {max_examples}")
         data = check_arrays(x, y, self.manifest)
         _check_lr(lr)
-        total_steps = steps if steps is not None else (epochs or 0) * self.steps_per_epoch(len(data))
+        per_epoch = min(len(data), max_examples or len(data))
+        total_steps = steps if steps is not None else (epochs or 0) * self.steps_per_epoch(per_epoch)
         started = time.perf_counter()
         loss_sum, seen = 0.0, 0
-        for step, idx in zip(range(total_steps), self._batch_indices(len(data), seed), strict=False):
+        batches = self._batch_indices(len(data), seed, per_epoch)
+        for step, idx in zip(range(total_steps), batches, strict=False):
             loss = self._step(data.x[idx], data.y[idx], lr)
             loss_sum += loss * len(idx)
             seen += len(idx)
@@ -133,13 +142,14 @@ class Trainer:
             raise EdgeRuntimeError(f"training diverged: loss is {loss}; lower the learning rate")
         return loss
 
-    def _batch_indices(self, examples: int, seed: int) -> Iterator[np.ndarray]:
-        """Endless batches of row indices: a fresh seeded permutation each epoch; the last may be short."""
+    def _batch_indices(self, examples: int, seed: int, per_epoch: int) -> Iterator[np.ndarray]:
+        """Endless batches of row indices: each epoch the first ``per_epoch`` rows of a fresh seeded permutation;
+        the last batch of an epoch may be short."""
         rng = np.random.default_rng(seed)
         batch = self.manifest.train_batch_size
         while True:
-            order = rng.permutation(examples)
-            for start in range(0, examples, batch):
+            order = rng.permutation(examples)[:per_epoch]
+            for start in range(0, per_epoch, batch):
                 yield order[start:start + batch]
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> EvalResult:

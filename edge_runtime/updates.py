@@ -1,7 +1,8 @@
 """Model updates: the difference local - global, its L2 norm, and clipping to a norm bound.
 
 The device computes and clips an update here; the coordinator checks the same
-norm, so both sides agree on what "within the bound" means.
+norm (with the slack its codec's rounding adds, ``Codec.max_norm``), so both
+sides agree on what "within the bound" means.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from collections.abc import Mapping
 import numpy as np
 
 from edge_runtime.weights import Weights
-
-# Relative slack when checking a clipped norm: float32 rounding after scaling can land just above the bound.
-NORM_TOLERANCE = 1e-5
 
 
 def difference(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> Weights:
@@ -35,6 +33,3 @@ def clip(update: Mapping[str, np.ndarray], bound: float) -> tuple[Weights, float
     scale = 1.0 if norm <= bound else bound / norm
     return {name: (value * np.float32(scale)).astype(np.float32) for name, value in update.items()}, norm
 
-
-def within_bound(update: Mapping[str, np.ndarray], bound: float) -> bool:
-    return l2_norm(update) <= bound * (1.0 + NORM_TOLERANCE)

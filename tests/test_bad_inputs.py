@@ -76,9 +76,9 @@ def test_every_bad_input_is_rejected_by_reason_and_the_model_is_untouched(federa
     header, published = decode_tensors(global_before, GlobalHeader, 10**8)
     assert header.version == 0
     state = json.loads((tmp_path / "state" / "state.json").read_text())
-    checkpoint = load_weights(tmp_path / "state" / state["weights_file"])  # bit for bit the initial weights
+    checkpoint = load_weights(tmp_path / "state" / state["arrays_file"])  # bit for bit the initial weights
     for name, value in initial.items():
-        assert published[name].tobytes() == value.tobytes() == checkpoint[name].tobytes(), name
+        assert published[name].tobytes() == value.tobytes() == checkpoint[f"weights/{name}"].tobytes(), name
 
 
 def send_bad_inputs(watcher: Watcher, topics: Topics, task: TrainTask, initial: dict[str, np.ndarray],
@@ -107,6 +107,10 @@ def send_bad_inputs(watcher: Watcher, topics: Topics, task: TrainTask, initial: 
     send("wrong_task", update(task_id="not-the-task"))
     send("wrong_model_version", update(model_version=task.model_version + 1))
     send("bad_metadata", update(examples=0))
+    send("examples_exceeded", update(examples=task.max_examples + 1))  # a device claiming more weight than the cap
+    send("examples_exceeded", update(examples=2**63 - 1))
+    send("wrong_codec", update(codec="float16", tensors={k: v.astype(np.float16) for k, v in good.items()}))
+    send("wrong_codec", update(codec="no-such-codec"))
     send("bad_tensors", update(tensors={**good, "extra": np.zeros(3, np.float32)}))
     send("bad_tensors", update(tensors={k: v for k, v in good.items() if k != first}))
     send("bad_tensors", update(tensors={**good, first: good[first].reshape(-1)[:-1]}))

@@ -12,21 +12,35 @@ import pytest
 
 from coordinator.checkpoint import (
     STATE_FILE,
-    FederationState,
     has_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from coordinator.config import CoordinatorConfig, build_config
 from coordinator.errors import CheckpointError, ConfigError, CoordinatorError
+from coordinator.server_state import ServerState
 from edge_runtime.manifest import WeightSpec
 from edge_runtime.weights import Weights, weights_to_bytes
 
 # --- checkpoints --------------------------------------------------------------------------------
 
 SPECS = (WeightSpec("conv/kernel", (3, 3, 1, 2)), WeightSpec("conv/bias", (2,)))
-STATE = FederationState("ab" * 32, next_round=4, model_version=2, committed_rounds=2)
-NEXT = FederationState("ab" * 32, next_round=5, model_version=3, committed_rounds=3)
+AID = "ab" * 32
+STATE = (4, 2, 2)  # next round, model version, committed rounds
+NEXT = (5, 3, 3)
+
+
+def save(folder: Path, counters: tuple[int, int, int], weights: Weights, strategy: str = "fedavg",
+         arrays: Weights | None = None) -> ServerState:
+    state = ServerState(AID, strategy, weights, arrays or {}, *counters)
+    save_checkpoint(folder, state)
+    return state
+
+
+def load(folder: Path) -> tuple[tuple[int, int, int], Weights]:
+    state = load_checkpoint(folder, SPECS)
+    assert (state.artifact_id, state.strategy) == (AID, "fedavg")
+    return (state.next_round, state.model_version, state.committed_rounds), dict(state.weights)
 
 
 def model(seed: int) -> Weights:
@@ -43,49 +57,55 @@ def assert_bit_exact(actual: Weights, expected: Weights) -> None:
         assert actual[name].tobytes() == value.tobytes(), name
 
 
+def arrays_file(folder: Path) -> str:
+    name: str = json.loads((folder / STATE_FILE).read_text())["arrays_file"]
+    assert name.startswith("server-v") and name.endswith(".safetensors")
+    return name
+
+
 def files(folder: Path) -> set[str]:
     return {path.name for path in folder.iterdir()}
 
 
 def test_save_then_load_round_trips_state_and_weights_bit_exact(tmp_path: Path) -> None:
     assert not has_checkpoint(tmp_path)
-    save_checkpoint(tmp_path / "state", STATE, model(0))
+    save(tmp_path / "state", STATE, model(0))
     assert has_checkpoint(tmp_path / "state")
-    state, weights = load_checkpoint(tmp_path / "state", SPECS)
+    state, weights = load(tmp_path / "state")
     assert state == STATE
     assert_bit_exact(weights, model(0))
-    assert files(tmp_path / "state") == {STATE_FILE, "global-v2.safetensors"}
+    assert files(tmp_path / "state") == {STATE_FILE, arrays_file(tmp_path / "state")}
 
 
 def test_a_second_save_replaces_the_previous_weights_file(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, STATE, model(0))
-    save_checkpoint(tmp_path, NEXT, model(1))
-    assert files(tmp_path) == {STATE_FILE, "global-v3.safetensors"}  # v2 removed, no partial file left
-    assert json.loads((tmp_path / STATE_FILE).read_text())["weights_file"] == "global-v3.safetensors"
-    state, weights = load_checkpoint(tmp_path, SPECS)
+    save(tmp_path, STATE, model(0))
+    save(tmp_path, NEXT, model(1))
+    assert files(tmp_path) == {STATE_FILE, arrays_file(tmp_path)}  # v2 removed, no partial file left
+    assert arrays_file(tmp_path).startswith("server-v3-")
+    state, weights = load(tmp_path)
     assert state == NEXT
     assert_bit_exact(weights, model(1))
 
 
 def test_saving_the_same_version_again_keeps_its_weights_file(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, STATE, model(0))
-    abandoned = FederationState(STATE.artifact_id, next_round=5, model_version=2, committed_rounds=2)
-    save_checkpoint(tmp_path, abandoned, model(0))
-    assert files(tmp_path) == {STATE_FILE, "global-v2.safetensors"}
-    state, weights = load_checkpoint(tmp_path, SPECS)
+    save(tmp_path, STATE, model(0))
+    abandoned = (5, 2, 2)
+    save(tmp_path, abandoned, model(0))
+    assert files(tmp_path) == {STATE_FILE, arrays_file(tmp_path)}
+    state, weights = load(tmp_path)
     assert state == abandoned
     assert_bit_exact(weights, model(0))
 
 
 def test_altered_weights_bytes_are_refused_naming_sha256(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, STATE, model(0))
-    path = tmp_path / "global-v2.safetensors"
+    save(tmp_path, STATE, model(0))
+    path = tmp_path / arrays_file(tmp_path)
     content = bytearray(path.read_bytes())
     content[-1] ^= 0x01  # one bit of the last float: still a valid safetensors file
     path.write_bytes(bytes(content))
     with pytest.raises(CheckpointError, match="sha256") as info:
-        load_checkpoint(tmp_path, SPECS)
-    assert "global-v2.safetensors" in str(info.value)
+        load(tmp_path)
+    assert arrays_file(tmp_path) in str(info.value)
 
 
 def _edit_state(change: Callable[[dict[str, Any]], object]) -> Callable[[Path], None]:
@@ -111,21 +131,21 @@ def _write_state(text: str) -> Callable[[Path], None]:
 @pytest.mark.parametrize(("damage", "message"), [
     pytest.param(_write_state("{not json"), "cannot read", id="not-json"),
     pytest.param(_write_state(""), "cannot read", id="empty"),
-    pytest.param(_edit_state(lambda body: [body]), "not a format-1", id="a-list"),
-    pytest.param(_edit_state(_with(format=2)), "not a format-1", id="format-2"),
-    pytest.param(_edit_state(_without("format")), "not a format-1", id="no-format"),
+    pytest.param(_edit_state(lambda body: [body]), "not a coordinator checkpoint", id="a-list"),
+    pytest.param(_edit_state(_with(format=3)), "not a coordinator checkpoint", id="format-3"),
+    pytest.param(_edit_state(_without("format")), "not a coordinator checkpoint", id="no-format"),
     pytest.param(_edit_state(_without("next_round")), "unusable", id="missing-field"),
     pytest.param(_edit_state(_with(model_version="two")), "unusable", id="wrong-type"),
-    pytest.param(_edit_state(_with(weights_file="global-v9.safetensors")), "unusable",
+    pytest.param(_edit_state(_with(arrays_file="server-v9.safetensors")), "unusable",
                  id="missing-weights-file"),
-    pytest.param(_edit_state(_with(weights_sha256="0" * 64)), "sha256", id="other-sha256"),
+    pytest.param(_edit_state(_with(arrays_sha256="0" * 64)), "sha256", id="other-sha256"),
     pytest.param(lambda folder: (folder / STATE_FILE).unlink(), "cannot read", id="no-state-file"),
 ])
 def test_a_damaged_state_file_is_refused(tmp_path: Path, damage: Callable[[Path], None], message: str) -> None:
-    save_checkpoint(tmp_path, STATE, model(0))
+    save(tmp_path, STATE, model(0))
     damage(tmp_path)
     with pytest.raises(CheckpointError, match=message) as info:
-        load_checkpoint(tmp_path, SPECS)
+        load(tmp_path)
     assert isinstance(info.value, CoordinatorError)
 
 
@@ -134,25 +154,24 @@ def test_a_damaged_state_file_is_refused(tmp_path: Path, damage: Callable[[Path]
                  id="wrong-shape"),
     pytest.param({"conv/kernel": np.zeros((3, 3, 1, 2), np.float32)}, id="missing-tensor"),
     pytest.param({**model(0), "dense/bias": np.zeros(2, np.float32)}, id="extra-tensor"),
-    pytest.param({name: value.astype(np.float64) for name, value in model(0).items()}, id="float64"),
 ])
 def test_weights_that_do_not_fit_the_specs_are_refused(tmp_path: Path, weights: Weights) -> None:
-    save_checkpoint(tmp_path, STATE, weights)
+    save(tmp_path, STATE, weights)
     with pytest.raises(CheckpointError, match="does not fit the artifact"):
-        load_checkpoint(tmp_path, SPECS)
+        load(tmp_path)
 
 
 def test_a_crash_before_state_json_is_replaced_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, STATE, model(0))
+    save(tmp_path, STATE, model(0))
     # The next commit wrote its weights file, then died before (or while) replacing state.json.
-    (tmp_path / "global-v3.safetensors").write_bytes(weights_to_bytes(model(1), {"version": "3"}))
-    (tmp_path / f".{STATE_FILE}.partial").write_text('{"format": 1, "trunc')
-    state, weights = load_checkpoint(tmp_path, SPECS)
+    (tmp_path / "server-v3.safetensors").write_bytes(weights_to_bytes(model(1), {"version": "3"}))
+    (tmp_path / f".{STATE_FILE}.partial").write_text('{"format": 2, "trunc')
+    state, weights = load(tmp_path)
     assert state == STATE
     assert_bit_exact(weights, model(0))
-    save_checkpoint(tmp_path, NEXT, model(1))  # and the commit can be made again
-    assert files(tmp_path) == {STATE_FILE, "global-v3.safetensors"}
-    assert load_checkpoint(tmp_path, SPECS)[0] == NEXT
+    save(tmp_path, NEXT, model(1))  # and the commit can be made again
+    assert files(tmp_path) == {STATE_FILE, arrays_file(tmp_path)}
+    assert load(tmp_path)[0] == NEXT
 
 
 # --- configuration ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from device_profiles.fleet_config import build_fleet_config
 from tests.test_deploy_docs import code_lines, edgefl_argv, parse_edgefl
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = (ROOT / "README.md", ROOT / "docs" / "FLEET.md")
+PAGES = (ROOT / "README.md", ROOT / "docs" / "FLEET.md", ROOT / "docs" / "STRATEGIES.md")
 IGNORED = ("config", "command", "handler", "verbose", "no_progress")
 
 

@@ -172,7 +172,7 @@ def test_sender_inverts_the_topic_builders() -> None:
 STATUS = DeviceStatus("pi-07", online=True, eligible=False, reasons=("battery", "metered"), examples=120,
                       artifact_id=AID, model_version=3, backend="ai_edge_litert", sent_at=1700000000.25)
 TRAIN = TrainTask("t-4-pi-07", round=4, model_version=3, artifact_id=AID, deadline=1700000060.5, epochs=2,
-                  lr=0.05, clip_norm=1.0, seed=-7)
+                  lr=0.05, clip_norm=1.0, seed=-7, codec="float16", max_examples=512)
 EVALUATE = EvaluateTask("e-5", round=5, model_version=4, artifact_id=AID, deadline=1700000120.0)
 FAILED = TaskFailed("pi-07", "t-4-pi-07", round=4, outcome="interrupted", reason="charger unplugged")
 REPORT = EvaluationReport("pi-07", "e-5", round=5, model_version=4, examples=30, loss_sum=12.5, correct=27)
@@ -184,7 +184,8 @@ WIRE: list[tuple[Any, dict[str, Any]]] = [
               "reasons": ["battery", "metered"], "examples": 120, "artifact_id": AID, "model_version": 3,
               "backend": "ai_edge_litert", "sent_at": 1700000000.25}),
     (TRAIN, {"protocol": 1, "kind": "train", "task_id": "t-4-pi-07", "round": 4, "model_version": 3,
-             "artifact_id": AID, "deadline": 1700000060.5, "epochs": 2, "lr": 0.05, "clip_norm": 1.0, "seed": -7}),
+             "artifact_id": AID, "deadline": 1700000060.5, "epochs": 2, "lr": 0.05, "clip_norm": 1.0, "seed": -7,
+             "codec": "float16", "max_examples": 512}),
     (EVALUATE, {"protocol": 1, "kind": "evaluate", "task_id": "e-5", "round": 5, "model_version": 4,
                 "artifact_id": AID, "deadline": 1700000120.0}),
     (FAILED, {"protocol": 1, "kind": "failed", "device_id": "pi-07", "task_id": "t-4-pi-07", "round": 4,
@@ -470,10 +471,11 @@ def test_deeply_nested_json_is_malformed(payload: bytes) -> None:
 # --- safetensors messages -----------------------------------------------------------------------
 
 UPDATE = UpdateHeader("pi-07", "t-4-pi-07", round=4, model_version=3, examples=120, train_loss=0.6931471805599453,
-                      norm=2.5)
+                      norm=2.5, codec="float16")
 GLOBAL = GlobalHeader(version=4, round=4, artifact_id=AID)
 UPDATE_METADATA = {"protocol": "1", "kind": "update", "device_id": "pi-07", "task_id": "t-4-pi-07", "round": "4",
-                   "model_version": "3", "examples": "120", "train_loss": "0.6931471805599453", "norm": "2.5"}
+                   "model_version": "3", "examples": "120", "train_loss": "0.6931471805599453", "norm": "2.5",
+                   "codec": "float16"}
 GLOBAL_METADATA = {"protocol": "1", "kind": "global", "version": "4", "round": "4", "artifact_id": AID}
 
 
@@ -872,3 +874,13 @@ def test_unbundle_refuses_other_kinds_and_protocols() -> None:
     assert_refused(lambda: unbundle_files(payload, LIMIT), WRONG_PROTOCOL)
     assert_refused(lambda: unbundle_files(bundle_files(FILES, "manifest.json")[:-1], LIMIT), MALFORMED)
 
+
+
+def test_a_task_and_an_update_from_before_codecs_decode_with_float32_and_no_cap() -> None:
+    old_task = {"protocol": 1, "kind": "train", "task_id": "t", "round": 1, "model_version": 0, "artifact_id": AID,
+                "deadline": 1.0, "epochs": 1, "lr": 0.1, "clip_norm": 1.0, "seed": 0}
+    task = decode(json.dumps(old_task).encode(), TrainTask)
+    assert (task.codec, task.max_examples) == ("float32", 0)
+    metadata = {k: v for k, v in UPDATE_METADATA.items() if k != "codec"}
+    header, _ = decode_tensors(save({"w": np.zeros(2, np.float32)}, metadata=metadata), UpdateHeader, 10**6)
+    assert header.codec == "float32"

@@ -56,6 +56,23 @@ def test_epochs_count_every_example_once(artifact) -> None:
     assert result.steps == 6  # 16 + 16 + 5, twice
 
 
+def test_an_example_cap_trains_each_epoch_on_a_fresh_sample_of_that_size(artifact) -> None:
+    x, y = _data(100)
+    trainer = Trainer(artifact)
+    seen: list[np.ndarray] = []
+    real_step = trainer._step
+    trainer._step = lambda bx, by, lr: (seen.append(bx.copy()), real_step(bx, by, lr))[1]  # type: ignore[method-assign]
+    result = trainer.fit(x, y, epochs=3, max_examples=20, seed=4)
+    assert (result.examples_seen, result.steps) == (60, 6)  # 16 + 4 per epoch
+    epochs = [np.concatenate(seen[i:i + 2]) for i in (0, 2, 4)]
+    rows = [{x.tolist().index(row.tolist()) for row in epoch} for epoch in epochs]
+    assert all(len(r) == 20 for r in rows)  # each epoch: 20 different examples
+    assert rows[0] != rows[1] != rows[2]  # drawn afresh
+    assert Trainer(artifact).fit(x, y, epochs=1, max_examples=500).examples_seen == 100  # a cap above the data
+    with pytest.raises(EdgeRuntimeError, match="max_examples must be >= 1"):
+        Trainer(artifact).fit(x, y, epochs=1, max_examples=0)
+
+
 def test_steps_mode_runs_exactly_that_many_steps(artifact) -> None:
     x, y = _data(40)
     result = Trainer(artifact).fit(x, y, steps=5)

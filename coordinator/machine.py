@@ -1,0 +1,362 @@
+"""The coordinator as a state machine without I/O: messages and time in, what to publish and save out.
+
+``RoundMachine`` holds the device registry, the server state and the current
+phase. Its three inputs are ``start``, ``receive`` (a message's topic and
+bytes) and ``tick`` (time passing); each returns the effects to carry out,
+in order: ``Publish`` (bytes to a topic), ``Save`` (checkpoint this state)
+and ``Line`` (a round line). The MQTT layer (``coordinator.server``) only
+moves bytes and carries out effects; a test drives the machine with no
+broker at all.
+
+Phases, in order: ``settling`` (retained device statuses arrive; tasks a
+crashed predecessor left are withdrawn), ``fleet`` (until ``expect_devices``
+devices hold the model), then per round ``waiting`` (enough eligible devices
+and the round interval passed), ``training`` and, every ``eval_every``
+committed rounds, ``evaluating``; finally ``finished``. A phase with more
+steps (secure aggregation's key exchange and unmasking) is another phase
+between ``training``'s tasks and its close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from coordinator.config import CoordinatorConfig
+from coordinator.evaluation import Metrics
+from coordinator.evaluation_round import EvaluationRound
+from coordinator.report import round_line
+from coordinator.rounds import BAD_STATUS, LATE, NO_OPEN_ROUND, OpenRound, RoundOutcome, RoundPlan, Tally, Weighting
+from coordinator.selection import goal_count, select, selection_size
+from coordinator.server_state import Arrays, ServerState
+from coordinator.strategies import Strategy
+from edge_runtime.errors import ProtocolError
+from edge_runtime.manifest import WeightSpec
+from edge_runtime.protocol import (
+    CoordinatorState,
+    DeviceStatus,
+    EvaluateTask,
+    EvaluationReport,
+    GlobalHeader,
+    TaskFailed,
+    Topics,
+    TrainTask,
+    UpdateHeader,
+    decode,
+    decode_tensors,
+    encode,
+    encode_tensors,
+)
+
+log = logging.getLogger(__name__)
+SETTLE_S = 1.0  # after starting, time for the retained device statuses to arrive
+Phase = Literal["settling", "fleet", "waiting", "training", "evaluating", "finished"]
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Save:
+    state: ServerState
+
+
+@dataclass(frozen=True)
+class Line:
+    line: dict[str, Any]
+
+
+Effect = Publish | Save | Line
+
+
+@dataclass(frozen=True)
+class Now:
+    """``clock``: the coordinator's clock (deadlines, round interval; simulated in a fleet); ``real``: monotonic
+    seconds (settling and the wait for the fleet, which are real work whatever the clock); ``wall``: seconds since
+    the epoch, for the timestamps devices read."""
+
+    clock: float
+    real: float
+    wall: float
+
+
+@dataclass
+class _Started:
+    real: float
+    clock: float
+    outcome: RoundOutcome | None = None
+    test: Metrics | None = None
+
+
+class RoundMachine:
+    def __init__(self, config: CoordinatorConfig, state: ServerState, strategy: Strategy[Any],
+                 specs: tuple[WeightSpec, ...], bundle: bytes, *, payload_limit: int, task_lr: float,
+                 evaluator: Callable[[Arrays], Metrics] | None = None,
+                 new_id: Callable[[], str] = lambda: secrets.token_hex(8)) -> None:
+        self.config = config
+        self.state = state
+        self.topics = Topics(config.federation)
+        self.registry: dict[str, DeviceStatus] = {}
+        self.phase: Phase = "settling"
+        self._strategy, self._specs, self._bundle = strategy, specs, bundle
+        self._limit, self._lr, self._evaluator, self._new_id = payload_limit, task_lr, evaluator, new_id
+        self._tally = Tally()  # counts for the next round line: that round, its evaluation, and the wait before it
+        self._round: OpenRound | None = None
+        self._evaluation: EvaluationRound | None = None
+        self._started = _Started(0.0, 0.0)
+        self._phase_until = 0.0  # settling / fleet: real time the phase ends; training / evaluating: deadline
+        self._next_start = -float("inf")
+        self._next_note = 0.0
+        self._out: list[Effect] = []
+        self._now = Now(0.0, 0.0, 0.0)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == "finished"
+
+    def eligible(self) -> list[str]:
+        return sorted(d for d, s in self.registry.items() if s.online and s.eligible)
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def start(self, now: Now) -> list[Effect]:
+        self._now = now
+        self._publish(self.topics.artifact, self._bundle)
+        self._publish_global()
+        self._publish_state("waiting")
+        self._phase_until = now.real + SETTLE_S
+        return self._effects()
+
+    def receive(self, topic: str, payload: bytes, now: Now) -> list[Effect]:
+        sender = self.topics.sender(topic)
+        if sender is not None:
+            self._tally.bytes_in += len(payload)
+            self._dispatch(*sender, payload)
+        return self.tick(now)
+
+    def tick(self, now: Now) -> list[Effect]:
+        """Move on as far as time and what has arrived allow."""
+        self._now = now
+        for _ in range(8):  # a step may open a phase that can move on at once (a resumed run may finish)
+            before = self.phase
+            self._step(now)
+            if self.phase == before:
+                break
+        return self._effects()
+
+    def stop(self, now: Now) -> list[Effect]:
+        """End now: an open round is dropped (no line, no checkpoint), an evaluation reports what arrived."""
+        self._now = now
+        if self._round is not None:
+            self._round.close("stopped")
+            self._withdraw(self._round.plan.selected)
+            self._round = None
+        elif self._evaluation is not None:
+            self._end_evaluation(now)
+        self._finish()
+        return self._effects()
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def _step(self, now: Now) -> None:
+        if self.phase == "settling" and now.real >= self._phase_until:
+            self._withdraw(frozenset(self.registry))  # tasks a crashed predecessor left retained
+            self.phase, self._phase_until = "fleet", now.real + 60.0 + 0.05 * self.config.expect_devices
+        elif self.phase == "fleet":
+            self._step_fleet(now)
+        elif self.phase == "waiting":
+            self._step_waiting(now)
+        elif self.phase == "training" and self._round is not None:
+            current = self._round
+            if current.goal_reached or current.all_answered or now.clock >= self._phase_until:
+                closed_by: Literal["goal", "all_answered", "deadline"] = (
+                    "goal" if current.goal_reached else "all_answered" if current.all_answered else "deadline")
+                self._end_training(current.close(closed_by), now)
+        elif self.phase == "evaluating" and self._evaluation is not None and (
+                self._evaluation.all_answered or now.clock >= self._phase_until):
+            self._end_evaluation(now)
+
+    def _step_fleet(self, now: Now) -> None:
+        """Until ``expect_devices`` devices say they hold this artifact, for at most a minute plus 50 ms per
+        device of real time (fetching and verifying the model is the devices' real work, whatever the clock)."""
+        expected = self.config.expect_devices
+        ready = sum(1 for s in self.registry.values() if s.online and s.artifact_id == self.state.artifact_id)
+        if ready >= expected or now.real >= self._phase_until:
+            if ready < expected:
+                log.error("starting after %.0f s with %d of the %d expected devices holding the model",
+                          60.0 + 0.05 * expected, ready, expected)
+            self._enter_waiting()
+
+    def _enter_waiting(self) -> None:
+        if self.state.next_round > self.config.rounds:
+            self._finish()
+            return
+        self.phase = "waiting"
+        self._publish_state("waiting")
+
+    def _step_waiting(self, now: Now) -> None:
+        have = len(self.eligible())
+        if have >= self.config.min_clients and now.clock >= self._next_start:
+            self._begin_training(now)
+        elif now.real >= self._next_note:
+            log.info("round %d waits for %d eligible devices (%d now)", self.state.next_round,
+                     self.config.min_clients, have)
+            self._next_note = now.real + 30
+
+    def _begin_training(self, now: Now) -> None:
+        config, number = self.config, self.state.next_round
+        self._started = _Started(now.real, now.clock)
+        self._next_start = now.clock + config.round_interval
+        eligible, goal, chosen = self._choose(config.min_clients, config.seed, number)
+        plan = RoundPlan(number, self._new_id(), self.state.model_version, chosen, eligible, goal,
+                         config.min_reports, config.clip_norm, now.clock + config.round_timeout, config.codec,
+                         config.max_examples, cast(Weighting, config.weighting))
+        self._round = OpenRound(plan, self.state, self._specs, self._strategy, self._tally)
+        for device in sorted(plan.selected):
+            task = TrainTask(plan.task_id, number, plan.model_version, self.state.artifact_id, plan.deadline,
+                             config.local_epochs, self._lr, config.clip_norm, task_seed(config.seed, number, device),
+                             plan.codec, plan.max_examples)
+            self._publish(self.topics.task(device), encode(task))
+        self.phase, self._phase_until = "training", plan.deadline
+        self._publish_state("training")
+
+    def _end_training(self, outcome: RoundOutcome, now: Now) -> None:
+        self._withdraw(outcome.plan.selected)
+        self._round = None
+        committed = outcome.state is not None
+        self.state = self.state.after_round(outcome.state)
+        self._out.append(Save(self.state))
+        if committed:
+            self._publish_global()
+        test = self._evaluator(self.state.weights) if self._evaluator is not None and committed else None
+        self._started.outcome, self._started.test = outcome, test
+        every = self.config.eval_every
+        if committed and every and outcome.plan.number % every == 0 and self.eligible():
+            self._begin_evaluation(outcome.plan.number, now)
+        else:
+            self._write_line(now, None)
+
+    def _begin_evaluation(self, number: int, now: Now) -> None:
+        _, _, chosen = self._choose(1, self.config.seed + 1, number)
+        task = EvaluateTask(self._new_id(), number, self.state.model_version, self.state.artifact_id,
+                            now.clock + self.config.round_timeout)
+        self._evaluation = EvaluationRound(task, chosen)
+        for device in sorted(chosen):
+            self._publish(self.topics.task(device), encode(task))
+        self.phase, self._phase_until = "evaluating", task.deadline
+        self._publish_state("evaluating")
+
+    def _end_evaluation(self, now: Now) -> None:
+        evaluation, self._evaluation = self._evaluation, None
+        assert evaluation is not None
+        self._withdraw(evaluation.selected)
+        self._tally.rejected.update(evaluation.rejected)
+        self._write_line(now, evaluation.metrics())
+
+    def _write_line(self, now: Now, federated: Metrics | None) -> None:
+        started = self._started
+        assert started.outcome is not None
+        self._out.append(Line(round_line(started.outcome, self._tally, started.clock, now.real - started.real,
+                                         self.state.model_version, started.test, federated)))
+        self._tally = Tally()
+        self._enter_waiting()
+
+    def _finish(self) -> None:
+        self.phase = "finished"
+        self._publish_state("finished")
+
+    def _choose(self, min_clients: int, seed: int, number: int) -> tuple[int, int, frozenset[str]]:
+        """Eligible count, goal and the over-selected devices for round ``number``."""
+        eligible = self.eligible()
+        goal = goal_count(len(eligible), self.config.fraction, min_clients)
+        count = selection_size(len(eligible), goal, self.config.over_select)
+        return len(eligible), goal, frozenset(select(eligible, count, seed, number))
+
+    # -- incoming messages ------------------------------------------------------------------------
+
+    def _dispatch(self, kind: str, device: str, payload: bytes) -> None:
+        try:
+            if kind == "status":
+                self._on_status(device, payload)
+            elif kind == "update":
+                self._on_update(device, payload)
+            else:
+                self._on_report(device, payload)
+        except ProtocolError as exc:
+            reason = BAD_STATUS if kind == "status" else exc.reason
+            self._tally.rejected[reason] += 1
+            log.warning("rejected %s from %s: %s (%s)", kind, device, reason, exc.problem)
+
+    def _on_status(self, device: str, payload: bytes) -> None:
+        if not payload:
+            self.registry.pop(device, None)  # its retained status was cleared
+            return
+        status: DeviceStatus = decode(payload, DeviceStatus)
+        if status.device_id != device:
+            raise ProtocolError("identity_mismatch", f"status names device {status.device_id!r}")
+        self.registry[device] = status
+
+    def _on_update(self, device: str, payload: bytes) -> None:
+        header, tensors = decode_tensors(payload, UpdateHeader, self._limit)
+        if self._round is None:
+            reason = self._no_round(header.round)
+            log.info("refused update from %s: %s (round %d)", device, reason, header.round)
+            return
+        refused = self._round.offer_update(device, device in self.registry, header, tensors)
+        if refused is not None:
+            log.warning("rejected update from %s for round %d: %s", device, header.round, refused)
+
+    def _on_report(self, device: str, payload: bytes) -> None:
+        message: TaskFailed | EvaluationReport = decode(payload, (TaskFailed, EvaluationReport))
+        known = device in self.registry
+        evaluation = self._evaluation
+        if evaluation is not None and message.task_id == evaluation.task.task_id:
+            reason = evaluation.offer(device, known, message)
+        elif isinstance(message, TaskFailed) and self._round is not None:
+            reason = self._round.offer_failure(device, known, message)
+        else:
+            reason = self._no_round(message.round)
+        if reason is not None:
+            log.warning("rejected report from %s: %s", device, reason)
+
+    def _no_round(self, round_number: int) -> str:
+        """Count a message for a round that is not open: late if that round has closed."""
+        reason = LATE if round_number < self.state.next_round else NO_OPEN_ROUND
+        self._tally.rejected[reason] += 1
+        return reason
+
+    # -- outgoing messages ------------------------------------------------------------------------
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self._tally.bytes_out += len(payload)
+        self._out.append(Publish(topic, payload))
+
+    def _withdraw(self, devices: frozenset[str]) -> None:
+        for device in sorted(devices):
+            self._publish(self.topics.task(device), b"")
+
+    def _publish_global(self) -> None:
+        header = GlobalHeader(self.state.model_version, self.state.next_round - 1, self.state.artifact_id)
+        self._publish(self.topics.global_model, encode_tensors(header, self.state.weights))
+
+    def _publish_state(self, phase: Literal["waiting", "training", "evaluating", "finished"]) -> None:
+        state = CoordinatorState(self.state.next_round, phase, self.state.model_version, self.state.artifact_id,
+                                 self._now.wall)
+        self._publish(self.topics.coordinator, encode(state))
+
+    def _effects(self) -> list[Effect]:
+        out, self._out = self._out, []
+        return out
+
+
+def task_seed(seed: int, round_number: int, device: str) -> int:
+    """A shuffling seed per device and round, reproducible from the configured seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{round_number}/{device}".encode()).digest()[:4], "little")

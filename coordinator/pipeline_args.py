@@ -1,0 +1,43 @@
+"""The update pipeline's command-line options, shared by ``edgefl coordinator`` and ``edgefl fleet``.
+
+One place says what each option means and its default; both commands take
+the same names as flags and as TOML keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from coordinator.rounds import DEFAULT_MAX_EXAMPLES
+from coordinator.strategies import STRATEGIES
+from edge_runtime.argtypes import positive_float, positive_int
+from edge_runtime.codecs import CODECS, DEFAULT_CODEC
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "update pipeline", "how updates travel, how much one may weigh, and how they are aggregated; each strategy "
+                           "takes only its own options (docs/STRATEGIES.md)")
+    group.add_argument("--strategy", choices=sorted(STRATEGIES), help="aggregation strategy (fedavg)")
+    group.add_argument("--codec", choices=sorted(CODECS), help=f"how devices encode updates ({DEFAULT_CODEC})")
+    group.add_argument("--max-examples", type=positive_int,
+                       help="a device trains on at most this many examples per epoch and reports at most this "
+                            f"many; a larger claim is refused ({DEFAULT_MAX_EXAMPLES})")
+    group.add_argument("--weighting", choices=["examples", "uniform"],
+                       help="weight of an update in a mean: its example count, or 1 (examples)")
+    group.add_argument("--reset-strategy", action="store_true",
+                       help="with --resume: start the strategy afresh from the checkpoint's weights (needed when "
+                            "the checkpoint was made with another strategy)")
+    group.add_argument("--server-lr", type=positive_float,
+                       help="server learning rate (fedavg, fedavgm, robust rules: 1.0; fedadam, fedyogi: 0.01; "
+                            "fedadagrad: 0.1)")
+    group.add_argument("--server-momentum", type=float, help="fedavgm: server momentum in [0, 1) (0.9)")
+    group.add_argument("--beta1", type=float, help="fedadam, fedyogi, fedadagrad: first-moment decay in [0, 1) "
+                                                   "(0.9; fedadagrad 0)")
+    group.add_argument("--beta2", type=float, help="fedadam, fedyogi: second-moment decay in [0, 1) (0.99)")
+    group.add_argument("--tau", type=positive_float, help="fedadam, fedyogi, fedadagrad: adaptivity (1e-3)")
+    group.add_argument("--trim", type=float, help="trimmed-mean: fraction dropped from each side, in [0, 0.5) "
+                                                  "(0.1)")
+    group.add_argument("--attackers", type=int, help="krum, multi-krum: attackers assumed per round, f (1)")
+    group.add_argument("--krum-select", type=positive_int, help="multi-krum: updates averaged, m (default: "
+                                                                "n - f)")
