@@ -1,4 +1,5 @@
-"""One emulated device: the real agent and scheduler, with signals, waits and drop-outs from its profile."""
+"""One emulated device: the real agent and scheduler, with signals, waits and drop-outs from its profile, and
+an attacker's stages and data transform if it is hostile."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from device_profiles.attacks import Hostile
 from device_profiles.availability import SLOT_S, ProfileSignals
 from device_profiles.clock import SimClock, Speedup
 from device_profiles.prepare import DeviceEntry
@@ -34,10 +36,13 @@ def check_interval_s(rate: float) -> float:
 
 def emulated_agent(entry: DeviceEntry, profile: DeviceProfile, data: Dataset, *, mqtt: MqttOptions, topics: Topics,
                    cache_dir: Path, clock: SimClock, speedup: Speedup, deadline_clock: Callable[[], float],
-                   policy: Policy, seed: int, backend: str | None) -> DeviceAgent:
+                   policy: Policy, seed: int, backend: str | None, hostile: Hostile | None = None) -> DeviceAgent:
     signals = ProfileSignals(profile, entry.index, seed, clock.now, entry.utc_offset)
     scheduler = Scheduler(replace(policy, check_interval_s=check_interval_s(clock.rate)), SignalReader([signals]),
                           clock=clock.now, utc_offset_h=entry.utc_offset)
     config = AgentConfig(device_id=entry.id, data=data, mqtt=mqtt, cache_dir=cache_dir, topics=topics,
                          backend=backend, num_threads=1, clock=deadline_clock)
-    return DeviceAgent(config, scheduler, ProfilePace(profile, speedup, seed, entry.index, signals))
+    pace = ProfilePace(profile, speedup, seed, entry.index, signals)
+    if hostile is None:
+        return DeviceAgent(config, scheduler, pace)
+    return DeviceAgent(config, scheduler, pace, stages=hostile.stages, transform=hostile.transform)

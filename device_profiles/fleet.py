@@ -79,9 +79,18 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
     if lines:
         from device_profiles.report import write_report
 
-        write_report(folder.report, lines, f"edgefl fleet: {config.devices} devices, {config.dataset} "
-                                           f"{config.partition}, {config.model}, {config.profiles}")
+        write_report(folder.report, lines, report_title(config, summary))
     return summary
+
+
+def report_title(config: FleetConfig, summary: FleetSummary) -> str:
+    """The report's title: the fleet, and on a second line its attackers if it had any."""
+    title = (f"edgefl fleet: {config.devices} devices, {config.dataset} {config.partition}, {config.model}, "
+             f"{config.profiles}")
+    attack = summary.attack
+    if attack is None:
+        return title
+    return f"{title}\n{attack.describe()}, who trained {attack.updates_trained} updates"
 
 
 def _run(config: FleetConfig, folder: RunFolder, url: str, version: ProtocolChoice, link: FleetLink,
@@ -139,6 +148,9 @@ def _prepare(config: FleetConfig, folder: RunFolder, note: Callable[[str], None]
     classes = class_count(train, test)
     note(f"{config.dataset}: {len(train)} training examples over {len(parts)} devices ({config.partition}), "
          f"{len(test)} held out; {classes} classes")
+    if config.attack is not None:
+        hostile = sum(1 for e in entries if e.attack is not None)
+        note(f"{hostile} of {len(entries)} devices attack ({config.attack}); devices.json names them")
     if config.runs_coordinator:
         export_artifact(config, train, classes, folder, default_cache())
     return entries, classes
@@ -210,7 +222,7 @@ def _coordinate(config: FleetConfig, folder: RunFolder, url: str, version: str, 
                 "wall_s": round(time.time() - clock.wall_start, 3)}
         lines.append(line)
         with open(folder.rounds, "a") as handle:
-            handle.write(json.dumps(line) + "\n")
+            handle.write(json.dumps(line, allow_nan=False) + "\n")  # the coordinator made it strict
         if on_round is not None:
             on_round(line)
 

@@ -50,6 +50,7 @@ class DeviceEntry:
     profile: str
     utc_offset: float
     examples: int
+    attack: str | None = None  # the attack this device runs (device_profiles.attacks), None: an honest one
 
 
 def device_id(index: int) -> str:
@@ -114,13 +115,17 @@ def _from_device_files(config: FleetConfig, source: Path) -> tuple[Dataset, Data
 
 def assign_devices(config: FleetConfig, profiles: dict[str, DeviceProfile],
                    parts: list[np.ndarray]) -> list[DeviceEntry]:
-    """Each device's profile (exact proportions of the mix) and its time zone, drawn from the seed."""
+    """Each device's profile (exact proportions of the mix), its time zone and whether it attacks, drawn from
+    the seed."""
     chosen = assign(len(parts), parse_mix(config.profiles, profiles), config.seed)
+    attack = config.attack_spec
+    attackers = attack.attackers(len(parts), config.seed) if attack else frozenset()
     entries = []
     for index, (profile, rows) in enumerate(zip(chosen, parts, strict=True)):
         offsets = profile.availability.utc_offsets
         offset = offsets[int(draw(config.seed, index, 0, _OFFSET) * len(offsets))]
-        entries.append(DeviceEntry(device_id(index), index, profile.name, offset, int(rows.size)))
+        entries.append(DeviceEntry(device_id(index), index, profile.name, offset, int(rows.size),
+                                   attack.kind if attack and index in attackers else None))
     return entries
 
 

@@ -1,4 +1,5 @@
-"""A fleet run's summary: what was learned, how long it took (simulated and real), what moved, who took part.
+"""A fleet run's summary: what was learned, how long it took (simulated and real), what moved, who took part,
+and who attacked.
 
 ``FleetSummary.as_json()`` is what ``summary.json`` holds.
 """
@@ -39,6 +40,21 @@ class DeviceCounts:
 
 
 @dataclass(frozen=True)
+class AttackSummary:
+    """The run's ``--attack``: which devices ran it, and how many updates they trained (their own counters)."""
+
+    kind: str
+    fraction: float
+    devices: int
+    device_ids: tuple[str, ...]
+    updates_trained: int  # by the attackers; participation.devices_that_trained and the round lines count all
+
+    def describe(self) -> str:
+        """``10% sign-flip attackers (5 devices)``."""
+        return f"{self.fraction * 100:g}% {self.kind} attackers ({self.devices} device{'s' * (self.devices != 1)})"
+
+
+@dataclass(frozen=True)
 class FleetSummary:
     rounds: int
     rounds_requested: int
@@ -62,6 +78,7 @@ class FleetSummary:
     failures: int
     late: int
     profiles: dict[str, int]
+    attack: AttackSummary | None
     config: dict[str, Any]
 
     def as_json(self) -> dict[str, Any]:
@@ -96,8 +113,20 @@ def summarize(config: FleetConfig, folder: RunFolder, lines: Sequence[dict[str, 
         interruptions=DeviceCounts(total["interrupted"], sum(s["interrupted"] for s in stats)),
         failures=total["failed"], late=total["late"],
         profiles=dict(sorted(Counter(e.profile for e in entries).items())),
+        attack=_attack(config, entries, stats),
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
     )
+
+
+def _attack(config: FleetConfig, entries: Sequence[DeviceEntry],
+            stats: Sequence[dict[str, Any]]) -> AttackSummary | None:
+    spec = config.attack_spec
+    if spec is None:
+        return None
+    ids = tuple(e.id for e in entries if e.attack is not None)
+    hostile = set(ids)
+    return AttackSummary(spec.kind, spec.fraction, len(ids), ids,
+                         sum(s["trained"] for s in stats if s["id"] in hostile))
 
 
 def _worker_stats(folder: RunFolder) -> list[dict[str, Any]]:

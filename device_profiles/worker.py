@@ -1,7 +1,9 @@
 """A fleet worker process: ``python -m device_profiles.worker SPEC.json`` runs its share of emulated devices.
 
 Each device is the real ``DeviceAgent`` on its own thread, with its own MQTT
-connection, status and last will, exactly as on hardware. The process runs
+connection, status and last will, exactly as on hardware; a device that
+``devices.json`` names as an attacker gets its attack's stages injected
+(``device_profiles.attacks``). The process runs
 until SIGTERM or SIGINT, then stops every device (each publishes its offline
 status) and writes what each one did to the stats file its spec names.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device_profiles.attacks import hostile
 from device_profiles.clock import SimClock, Speedup
 from device_profiles.emulated import DEFAULT_POLICY, emulated_agent
 from device_profiles.errors import FleetError
@@ -87,7 +90,8 @@ def build_agents(spec: WorkerSpec) -> list[DeviceAgent]:
         agents.append(emulated_agent(entry, profiles[entry.profile], Dataset(x[rows], y[rows]), mqtt=mqtt,
                                      topics=topics, cache_dir=folder.cache(spec.worker), clock=clock,
                                      speedup=speedup, deadline_clock=deadline_clock, policy=policy, seed=spec.seed,
-                                     backend=spec.backend))
+                                     backend=spec.backend,
+                                     hostile=hostile(entry.attack, spec.seed, index) if entry.attack else None))
     return agents
 
 

@@ -9,7 +9,9 @@ Between tasks the agent keeps only the verified artifact, its local data and
 the current global weights: an interpreter is built for a task and released
 when the task ends. A ``Pace`` (``edge_runtime.pace``) may add waits around a
 task's phases; a physical device's adds none, an emulated device's plays its
-profile.
+profile. The update's decisions (delta, clip, stages, encoding) are
+``edge_runtime.update_stages``'s; an emulator injects stages there, and a
+``DataTransform`` applied to the local data when an artifact is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,16 +42,14 @@ from edge_runtime.protocol import (
     TaskFailed,
     Topics,
     TrainTask,
-    UpdateHeader,
     decode,
     decode_tensors,
     encode,
-    encode_tensors,
     tensor_payload_limit,
     unbundle_files,
 )
 from edge_runtime.trainer import Trainer
-from edge_runtime.updates import clip, difference
+from edge_runtime.update_stages import DataTransform, UpdatePipeline, UpdateStage
 from edge_runtime.weights import Weights, check_weights
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,17 @@ class _Model:
 
 
 class DeviceAgent:
+    """``stages`` run on every update after clipping and ``transform`` on the local data once it is checked
+    (``edge_runtime.update_stages``); a physical device passes neither."""
+
     def __init__(self, config: AgentConfig, policy: EligibilityPolicy | None = None,
-                 pace: Pace | None = None) -> None:
+                 pace: Pace | None = None, stages: Sequence[UpdateStage] = (),
+                 transform: DataTransform | None = None) -> None:
         self.config = config
         self.policy: EligibilityPolicy = policy or AlwaysEligible()
         self.pace: Pace = pace or RealPace()
+        self._updates = UpdatePipeline.of(stages)
+        self._transform = transform
         self.backend = select_backend(config.backend)
         self.stats = AgentStats()
         self._stats_lock = threading.Lock()
@@ -198,10 +204,12 @@ class DeviceAgent:
             self._on_global(payload)
 
     def _load_data(self, artifact: Artifact) -> Dataset:
-        data = self.config.data
-        if isinstance(data, Dataset):
-            return check_arrays(data.x, data.y, artifact.manifest, f"device {self.config.device_id}'s data")
-        return load_data(data, artifact.manifest, self.config.label_column)
+        source = self.config.data
+        if isinstance(source, Dataset):
+            data = check_arrays(source.x, source.y, artifact.manifest, f"device {self.config.device_id}'s data")
+        else:
+            data = load_data(source, artifact.manifest, self.config.label_column)
+        return data if self._transform is None else self._transform(data, artifact.manifest)
 
     def _on_global(self, payload: bytes) -> None:
         if self._model is None:
@@ -314,17 +322,16 @@ class DeviceAgent:
         log.info("%s: round %d: training %d epochs on %d examples", self.config.device_id, task.round, task.epochs,
                  len(data))
         self._wait(task, self.pace.download_wait_s(self._global_bytes), 0)
-        result = trainer.fit(data.x, data.y, epochs=task.epochs, lr=task.lr, seed=task.seed,
+        cap = task.max_examples or None
+        result = trainer.fit(data.x, data.y, epochs=task.epochs, lr=task.lr, seed=task.seed, max_examples=cap,
                              on_step=lambda step, loss: self._check_continue(task, step + 1))
         self._wait(task, self.pace.compute_wait_s(result.wall_time_s), result.steps)
-        update, norm = clip(difference(trainer.get_weights(), base), task.clip_norm)
-        header = UpdateHeader(self.config.device_id, task.task_id, task.round, task.model_version,
-                              len(data), result.mean_loss, norm)
-        payload = encode_tensors(header, update)
-        self._wait(task, self.pace.upload_wait_s(len(payload)), result.steps)
+        update = self._updates.encode(self.config.device_id, task, trainer.get_weights(), base, len(data),
+                                      result.mean_loss)
+        self._wait(task, self.pace.upload_wait_s(len(update.payload)), result.steps)
         log.info("%s: round %d trained, loss %.4f, update norm %.3f (bound %.3f)", self.config.device_id,
-                 task.round, result.mean_loss, norm, task.clip_norm)
-        return self.topics.update(self.config.device_id), payload
+                 task.round, result.mean_loss, update.header.norm, task.clip_norm)
+        return self.topics.update(self.config.device_id), update.payload
 
     def _evaluate(self, task: EvaluateTask, trainer: Trainer, data: Dataset) -> tuple[str, bytes]:
         result = trainer.evaluate(data.x, data.y)

@@ -1,0 +1,77 @@
+"""The device's side of the update pipeline, without I/O or threads: delta -> clip -> stages -> encode.
+
+``UpdatePipeline.encode`` turns the weights a task's training produced into
+the payload the device publishes: the difference local - global, clipped to
+the task's bound, passed through the injected ``UpdateStage``s in order, then
+encoded with the codec the task names, behind an ``UpdateHeader`` that names
+that codec and the examples the update may weigh (capped by the task).
+
+Later stages (error feedback, local noise, masking) plug in as stages. A
+stage runs after clipping and must keep the update within the clipping bound,
+after the codec's rounding too: the coordinator refuses an update whose norm
+is above the bound plus the codec's slack (``Codec.max_norm``). A physical
+device passes no stage and no ``DataTransform``; an emulator injects them to
+play a device that behaves differently (``device_profiles.attacks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edge_runtime.codecs import get_codec
+from edge_runtime.data import Dataset
+from edge_runtime.manifest import Manifest
+from edge_runtime.protocol import TrainTask, UpdateHeader, encode_tensors
+from edge_runtime.updates import clip, difference
+from edge_runtime.weights import Weights
+
+
+class UpdateStage(Protocol):
+    def __call__(self, update: Weights, task: TrainTask) -> Weights:
+        """The update to send instead of ``update`` (clipped to ``task.clip_norm``): same tensor names and
+        shapes, float32, and an L2 norm still within ``task.clip_norm``."""
+        ...
+
+
+class DataTransform(Protocol):
+    def __call__(self, data: Dataset, manifest: Manifest) -> Dataset:
+        """The examples to train and evaluate on instead of ``data`` (already checked against ``manifest``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class EncodedUpdate:
+    header: UpdateHeader
+    payload: bytes  # what the device publishes on its update topic
+
+
+def reported_examples(examples: int, task: TrainTask) -> int:
+    """The example count an update claims: the device's own, capped by the task's ``max_examples`` if it has one."""
+    return min(examples, task.max_examples) if task.max_examples else examples
+
+
+@dataclass(frozen=True)
+class UpdatePipeline:
+    """The steps from trained weights to an update payload, with ``stages`` run in order after clipping."""
+
+    stages: tuple[UpdateStage, ...] = ()
+
+    @classmethod
+    def of(cls, stages: Sequence[UpdateStage]) -> UpdatePipeline:
+        return cls(tuple(stages))
+
+    def encode(self, device_id: str, task: TrainTask, local: Mapping[str, np.ndarray], base: Weights,
+               examples: int, train_loss: float) -> EncodedUpdate:
+        """The payload for ``task``: ``local`` (the trainer's weights after training) against ``base`` (the
+        global weights it started from); ``examples`` is the device's count, capped here; the header's norm is
+        the difference's before clipping."""
+        update, norm = clip(difference(local, base), task.clip_norm)
+        for stage in self.stages:
+            update = stage(update, task)
+        header = UpdateHeader(device_id, task.task_id, task.round, task.model_version,
+                              reported_examples(examples, task), train_loss, norm, task.codec)
+        return EncodedUpdate(header, encode_tensors(header, get_codec(task.codec).encode(update)))
