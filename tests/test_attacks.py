@@ -190,6 +190,8 @@ network = { kind = "wifi", up-kbps = 50000, down-kbps = 50000, latency-ms = 5 }
 availability = { charging = 1.0, idle = 1.0, unmetered = 1.0, utc-offsets = [0] }
 """
 DEVICES = 16
+# The least accuracy FedAvg must lose to half the devices attacking, per kind (about half what was measured).
+FEDAVG_LOSS_AT_HALF = {"sign-flip": 0.4, "label-flip": 0.2, "noise": 0.08, "scale": 0.08}
 
 
 def run_small_fleet(folder: Path, attack: str | None) -> dict[str, Any]:
@@ -227,6 +229,7 @@ def test_a_fleet_records_its_attackers(kind: str, tmp_path: Path, honest_run: di
     assert record["updates_trained"] >= 8  # every attacker is selected in every round
     assert 'attack = "' + kind in (tmp_path / "run" / "fleet.toml").read_text()
     assert honest_run["attack"] is None
-    if kind == "sign-flip":  # half the devices pulling the other way, at the full bound, undo FedAvg
-        assert honest_run["final_accuracy"] >= 0.6
-        assert summary["final_accuracy"] <= honest_run["final_accuracy"] - 0.4, (summary, honest_run)
+    # Every kind hurts FedAvg. Measured with this fleet (final accuracy, honest 0.906): sign-flip 0.00,
+    # label-flip 0.48, noise 0.73, scale 0.75; the same in a second run (every device reports every round).
+    assert honest_run["final_accuracy"] >= 0.6
+    assert summary["final_accuracy"] <= honest_run["final_accuracy"] - FEDAVG_LOSS_AT_HALF[kind], (summary, honest_run)
