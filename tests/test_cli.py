@@ -94,3 +94,12 @@ def test_export_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path) 
     assert result.returncode == 2
     assert "holds no artifact; refusing to write into it" in result.stderr
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_version_names_the_installed_package() -> None:
+    import importlib.metadata
+
+    done = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "--version"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"edgefl {importlib.metadata.version('edgefl')}"
