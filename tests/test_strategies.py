@@ -528,3 +528,45 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(make: Callable[[], S
                                                 for name in resumed.strategy_state})
     assert set(resumed.strategy_state) == set(straight.strategy_state)
     assert straight.weights[KERNEL].tobytes() != GLOBAL[KERNEL].tobytes()
+
+
+# --- wrappers: the shape privacy and robustness layers will take ---------------------------------------------
+
+
+class RoundCounter:
+    """A wrapper around any strategy: delegates the arithmetic, keeps its own record in the ledger."""
+
+    def __init__(self, inner: Strategy[Any]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.streaming = inner.streaming
+
+    def init(self, weights: Any) -> Any:
+        return self.inner.init(weights)
+
+    def begin(self, weights: Any, capacity: int) -> Any:
+        return self.inner.begin(weights, capacity)
+
+    def apply(self, state: ServerState, accumulated: Any) -> tuple[ServerState, dict[str, float]]:
+        after, diagnostics = self.inner.apply(state, accumulated)
+        wrapped = int(state.ledger.get("wrapped_rounds", 0)) + 1
+        return ServerState(after.artifact_id, after.strategy, after.weights, after.strategy_state,
+                           after.next_round, after.model_version, after.committed_rounds,
+                           {**after.ledger, "wrapped_rounds": wrapped}), {**diagnostics, "wrapped_rounds": wrapped}
+
+
+@pytest.mark.parametrize("name", ["fedadam", "median"])
+def test_a_wrapper_composes_around_any_strategy_and_its_ledger_is_checkpointed(name: str, tmp_path: Path) -> None:
+    inner = build_strategy(name, {})
+    wrapper = RoundCounter(inner)
+    state = ServerState("ab" * 32, name, GLOBAL, wrapper.init(GLOBAL))
+    for _ in range(2):
+        accumulated = wrapper.begin(state.weights, 2)
+        accumulated.add(model((0.5, -0.25, 0.25)), 1.0)
+        accumulated.add(model((-0.25, 0.5, 0.5)), 3.0)
+        expected, _ = inner.apply(state, accumulated)
+        state, diagnostics = wrapper.apply(state, accumulated)
+        assert_exact(state.weights, expected.weights)  # the wrapper changes nothing of the arithmetic
+    assert diagnostics["wrapped_rounds"] == 2
+    save_checkpoint(tmp_path, state)
+    assert dict(load_checkpoint(tmp_path, SPECS).ledger) == {"wrapped_rounds": 2}
