@@ -29,7 +29,8 @@ class FleetLink:
         self._state_seen = time.monotonic()  # when the coordinator was last heard of
         self._changed = threading.Event()
         options = mqtt_options(url, f"edgefl-fleet-{uuid.uuid4().hex[:12]}", protocol=mqtt_version)
-        self._conn = MqttConnection(options, (self.topics.fleet_clock, self.topics.coordinator), self._receive)
+        subscriptions = ((self.topics.fleet_clock, 1), (self.topics.coordinator, 1))
+        self._conn = MqttConnection(options, subscriptions, self._receive)
 
     def __enter__(self) -> FleetLink:
         self._conn.start()

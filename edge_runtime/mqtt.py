@@ -78,10 +78,10 @@ class MqttOptions:
 class MqttConnection:
     """One client connection. Use as a context manager, or call ``start`` and ``close``."""
 
-    def __init__(self, options: MqttOptions, subscriptions: Sequence[str], on_message: MessageHandler,
+    def __init__(self, options: MqttOptions, subscriptions: Sequence[tuple[str, int]], on_message: MessageHandler,
                  on_connect: Callable[[], None] | None = None, will: tuple[str, bytes] | None = None) -> None:
         self.options = options
-        self.subscriptions = tuple(subscriptions)
+        self.subscriptions = tuple(subscriptions)  # (topic filter, QoS), re-subscribed on every connect
         self._on_message = on_message
         self._on_connect = on_connect
         self._will = will
@@ -223,7 +223,7 @@ class MqttConnection:
             return
         self._unreachable = False
         if self.subscriptions:
-            client.subscribe([(topic, 1) for topic in self.subscriptions])
+            client.subscribe(list(self.subscriptions))
         else:
             self.subscribed.set()
         self.connected.set()
@@ -233,7 +233,7 @@ class MqttConnection:
             self._on_connect()
 
     def _handle_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
-        refused = [topic for topic, reason in zip(self.subscriptions, reasons, strict=False)
+        refused = [topic for (topic, _qos), reason in zip(self.subscriptions, reasons, strict=False)
                    if getattr(reason, "value", reason) >= 0x80]
         if refused:  # the broker's ACL said no: nothing will arrive on these
             log.error("%s refused the subscriptions %s of %s; check the broker's ACL", self.options.broker,

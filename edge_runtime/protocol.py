@@ -37,6 +37,11 @@ DEFAULT_FEDERATION = "default"
 MAX_CONTROL_BYTES = 64 * 1024
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# A (re)subscribing coordinator receives every retained status at once. At QoS 1 a default Mosquitto hands
+# over only what fits its in-flight window and queue (20 + 1000), and drops the rest of the retained burst;
+# at QoS 0 it delivers them all. Nothing is lost by it: a status dropped with a broken connection is
+# delivered again, retained, when the coordinator subscribes again.
+STATUS_QOS = 0
 
 # Reason codes a message can be refused with; the coordinator counts rejections by these.
 MALFORMED = "malformed"
@@ -94,11 +99,14 @@ class Topics:
     def report(self, device_id: str) -> str:
         return f"{self.root}/reports/{check_name(device_id, 'device id')}"
 
-    def coordinator_subscriptions(self) -> tuple[str, ...]:
-        return (f"{self.root}/devices/+/status", f"{self.root}/updates/+", f"{self.root}/reports/+")
+    def coordinator_subscriptions(self) -> tuple[tuple[str, int], ...]:
+        """``(filter, QoS)``: statuses at QoS 0 (``STATUS_QOS``), updates and reports at QoS 1."""
+        return ((f"{self.root}/devices/+/status", STATUS_QOS), (f"{self.root}/updates/+", 1),
+                (f"{self.root}/reports/+", 1))
 
-    def device_subscriptions(self, device_id: str) -> tuple[str, ...]:
-        return (self.artifact, self.global_model, self.coordinator, self.task(device_id))
+    def device_subscriptions(self, device_id: str) -> tuple[tuple[str, int], ...]:
+        return tuple((topic, 1) for topic in (self.artifact, self.global_model, self.coordinator,
+                                              self.task(device_id)))
 
     def sender(self, topic: str) -> tuple[str, str] | None:
         """``(kind, device_id)`` for a topic a device publishes on (status, update, report), else None."""

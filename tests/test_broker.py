@@ -38,7 +38,7 @@ class Client:
         self.prefix = prefix
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         options = MqttOptions(BrokerUrl.parse(url), client_id, protocol=protocol)
-        self.conn = MqttConnection(options, [f"{prefix}/#"], lambda t, p: self.inbox.put((t, p)), will=will)
+        self.conn = MqttConnection(options, [(f"{prefix}/#", 1)], lambda t, p: self.inbox.put((t, p)), will=will)
         self.conn.start(timeout_s=TIMEOUT_S)
         self.retained = dict(self.sync())
 

@@ -81,11 +81,11 @@ def test_topic_strings_of_a_federation() -> None:
     assert topics.update("pi-07") == "edgefl/lab-1/updates/pi-07"
     assert topics.report("pi-07") == "edgefl/lab-1/reports/pi-07"
     assert topics.coordinator_subscriptions() == (
-        "edgefl/lab-1/devices/+/status", "edgefl/lab-1/updates/+", "edgefl/lab-1/reports/+",
+        ("edgefl/lab-1/devices/+/status", 0), ("edgefl/lab-1/updates/+", 1), ("edgefl/lab-1/reports/+", 1),
     )
     assert topics.device_subscriptions("pi-07") == (
-        "edgefl/lab-1/model/artifact", "edgefl/lab-1/model/global", "edgefl/lab-1/coordinator/state",
-        "edgefl/lab-1/devices/pi-07/task",
+        ("edgefl/lab-1/model/artifact", 1), ("edgefl/lab-1/model/global", 1), ("edgefl/lab-1/coordinator/state", 1),
+        ("edgefl/lab-1/devices/pi-07/task", 1),
     )
 
 
