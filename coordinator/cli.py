@@ -1,17 +1,26 @@
-"""``edgefl coordinator``: run federated rounds over MQTT; one JSON line per round on stdout."""
+"""``edgefl coordinator``: run federated rounds over MQTT; a line per round on stdout.
+
+On a terminal the line is short and for people (``coordinator.report.human_line``); with ``--json``, or when
+stdout is a pipe or a file, it is the round's JSON line as ``rounds.jsonl`` has it. Why a round waits for
+devices goes to stderr. ``--metrics-port`` serves Prometheus metrics (``coordinator.metrics``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from coordinator.config import build_config
 from coordinator.pipeline_args import add_pipeline_arguments
+from coordinator.report import human_line
 from edge_runtime.argtypes import positive_float, positive_int
 from edge_runtime.broker_args import add_broker_arguments, stop_on_signals
+
+CLI_ONLY = ("config", "command", "handler", "verbose", "json", "metrics_port", "metrics_host")
 
 
 def register(subparsers: Any) -> None:
@@ -19,8 +28,8 @@ def register(subparsers: Any) -> None:
         "coordinator", help="run federated rounds: select devices, aggregate their updates (--strategy)",
         description="Select a fraction of the eligible devices each round, collect their clipped updates until the "
                     "goal count or the deadline, and commit the strategy's aggregate when enough arrived. Every option "
-                    "can also be set in a TOML file (--config) under the same name, e.g. round-timeout = 30; flags "
-                    "win over the file.")
+                    "but the output ones can also be set in a TOML file (--config) under the same name, e.g. "
+                    "round-timeout = 30; flags win over the file.")
     p.add_argument("--config", type=Path, help="TOML file with any of the options below")
     p.add_argument("--artifact", type=Path, help="artifact folder written by `edgefl export` (required)")
     p.add_argument("--state-dir", type=Path, help="checkpoints and rounds.jsonl go here (required)")
@@ -49,25 +58,49 @@ def register(subparsers: Any) -> None:
     evaluation.add_argument("--eval-every", type=int, help="federated evaluation every K rounds, 0: never (5)")
     evaluation.add_argument("--test-data", type=Path, help="held-out .npz/.csv evaluated after every commit")
     add_broker_arguments(p, defaults=False)
+    output = p.add_argument_group("output (command line only)")
+    output.add_argument("--json", action="store_true",
+                        help="print each round's JSON line, as rounds.jsonl has it (the default when stdout is not "
+                             "a terminal; on one, a short line per round)")
+    output.add_argument("--metrics-port", type=positive_int, metavar="PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs prometheus-client, in the "
+                             "coordinator extra)")
+    output.add_argument("--metrics-host", default="0.0.0.0", metavar="HOST",
+                        help="address the metrics listen on (%(default)s: every interface)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from coordinator.metrics import CoordinatorMetrics
     from coordinator.server import Coordinator
 
-    options = {name: value for name, value in vars(args).items()
-               if name not in ("config", "command", "handler", "verbose")}
+    options = {name: value for name, value in vars(args).items() if name not in CLI_ONLY}
     options["mqtt_version"] = options.pop("mqtt_version", None)
     config = build_config(args.config, options)
-    coordinator = Coordinator(config, on_round=_print_line)
+    metrics = CoordinatorMetrics() if args.metrics_port is not None else None
+    as_json = args.json or not sys.stdout.isatty()
+    coordinator = Coordinator(config, on_round=partial(print_line, as_json=as_json, rounds=config.rounds),
+                              on_wait=_print_wait, metrics=metrics)
     print(f"coordinator: artifact {coordinator.artifact_id[:12]} ({coordinator.artifact.manifest.model_name}), "
           f"rounds {coordinator.state.next_round}..{config.rounds}, broker {config.broker}, "
           f"federation {config.federation}", file=sys.stderr)
-    state = coordinator.run(stop_on_signals())
+    try:
+        if metrics is not None:
+            metrics.serve(args.metrics_port, args.metrics_host)
+            print(f"coordinator: metrics at http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr)
+        state = coordinator.run(stop_on_signals())
+    finally:
+        if metrics is not None:
+            metrics.close()
     print(f"coordinator: {state.committed_rounds} rounds committed, model version {state.model_version}; "
           f"checkpoint in {config.state_dir}", file=sys.stderr)
     return 0
 
 
-def _print_line(line: dict[str, Any]) -> None:
-    print(json.dumps(line), flush=True)
+def print_line(line: dict[str, Any], *, as_json: bool, rounds: int) -> None:
+    """A round line on stdout: its JSON, or the short line for people."""
+    print(json.dumps(line) if as_json else human_line(line, rounds), flush=True)
+
+
+def _print_wait(reason: str) -> None:
+    print(f"coordinator: {reason}", file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -53,7 +54,9 @@ from edge_runtime.protocol import (
 )
 
 log = logging.getLogger(__name__)
-SETTLE_S = 1.0  # after starting, time for the retained device statuses to arrive
+# After starting, the retained device statuses arrive in a burst: settling lasts at least SETTLE_S, then until no
+# status has arrived for SETTLE_QUIET_S (a fleet of 10,000 takes longer than one of 10), at most SETTLE_MAX_S.
+SETTLE_S, SETTLE_QUIET_S, SETTLE_MAX_S = 1.0, 0.5, 60.0
 Phase = Literal["settling", "fleet", "waiting", "training", "evaluating", "finished"]
 
 
@@ -114,7 +117,8 @@ class RoundMachine:
         self._started = _Started(0.0, 0.0)
         self._phase_until = 0.0  # settling / fleet: real time the phase ends; training / evaluating: deadline
         self._next_start = -float("inf")
-        self._next_note = 0.0
+        self._started_real = 0.0  # when start() was called (real time)
+        self._last_status = -float("inf")  # when the last status arrived (real time)
         self._out: list[Effect] = []
         self._now = Now(0.0, 0.0, 0.0)
 
@@ -125,6 +129,25 @@ class RoundMachine:
     def eligible(self) -> list[str]:
         return sorted(d for d, s in self.registry.items() if s.online and s.eligible)
 
+    def waiting_reason(self) -> str | None:
+        """Why the next round cannot start for want of devices, as the operator should read it; None when it is
+        not waiting for devices (a round runs, or only the round interval holds it back)."""
+        online = [s for s in self.registry.values() if s.online]
+        number = self.state.next_round
+        if self.phase == "fleet":
+            ready = sum(1 for s in online if s.artifact_id == self.state.artifact_id)
+            return (f"round {number} waits for {self.config.expect_devices} devices to hold the model "
+                    f"({ready} do; {len(online)} online)")
+        have = len(self.eligible())
+        if self.phase != "waiting" or have >= self.config.min_clients:
+            return None
+        refused = [s for s in online if not s.eligible]
+        counts = Counter(reason for s in refused for reason in s.reasons)
+        top = ", ".join(f"{reason} ({n})" for reason, n in counts.most_common(3))
+        others = f", {len(refused)} not eligible{': top reasons ' + top if top else ''}" if refused else ""
+        return (f"round {number} waits for {self.config.min_clients} eligible devices ({have} now; {len(online)} "
+                f"online{others})")
+
     # -- inputs -----------------------------------------------------------------------------------
 
     def start(self, now: Now) -> list[Effect]:
@@ -133,9 +156,11 @@ class RoundMachine:
         self._publish_global()
         self._publish_state("waiting")
         self._phase_until = now.real + SETTLE_S
+        self._started_real = now.real
         return self._effects()
 
     def receive(self, topic: str, payload: bytes, now: Now) -> list[Effect]:
+        self._now = now
         sender = self.topics.sender(topic)
         if sender is not None:
             self._tally.bytes_in += len(payload)
@@ -167,7 +192,7 @@ class RoundMachine:
     # -- phases -----------------------------------------------------------------------------------
 
     def _step(self, now: Now) -> None:
-        if self.phase == "settling" and now.real >= self._phase_until:
+        if self.phase == "settling" and self._settled(now):
             self._withdraw(frozenset(self.registry))  # tasks a crashed predecessor left retained
             self.phase, self._phase_until = "fleet", now.real + 60.0 + 0.05 * self.config.expect_devices
         elif self.phase == "fleet":
@@ -183,6 +208,13 @@ class RoundMachine:
         elif self.phase == "evaluating" and self._evaluation is not None and (
                 self._evaluation.all_answered or now.clock >= self._phase_until):
             self._end_evaluation(now)
+
+    def _settled(self, now: Now) -> bool:
+        if now.real >= self._started_real + SETTLE_MAX_S:
+            log.warning("device statuses kept arriving for %.0f s; selecting from the %d received", SETTLE_MAX_S,
+                        len(self.registry))
+            return True
+        return now.real >= self._phase_until and now.real - self._last_status >= SETTLE_QUIET_S
 
     def _step_fleet(self, now: Now) -> None:
         """Until ``expect_devices`` devices say they hold this artifact, for at most a minute plus 50 ms per
@@ -206,10 +238,6 @@ class RoundMachine:
         have = len(self.eligible())
         if have >= self.config.min_clients and now.clock >= self._next_start:
             self._begin_training(now)
-        elif now.real >= self._next_note:
-            log.info("round %d waits for %d eligible devices (%d now)", self.state.next_round,
-                     self.config.min_clients, have)
-            self._next_note = now.real + 30
 
     def _begin_training(self, now: Now) -> None:
         config, number = self.config, self.state.next_round
@@ -296,6 +324,7 @@ class RoundMachine:
             log.warning("rejected %s from %s: %s (%s)", kind, device, reason, exc.problem)
 
     def _on_status(self, device: str, payload: bytes) -> None:
+        self._last_status = self._now.real
         if not payload:
             self.registry.pop(device, None)  # its retained status was cleared
             return
@@ -311,8 +340,9 @@ class RoundMachine:
             log.info("refused update from %s: %s (round %d)", device, reason, header.round)
             return
         refused = self._round.offer_update(device, device in self.registry, header, tensors)
-        if refused is not None:
-            log.warning("rejected update from %s for round %d: %s", device, header.round, refused)
+        if refused is not None:  # late: an over-selected device finishing after its round closed, counted only
+            log.log(logging.DEBUG if refused == LATE else logging.WARNING, "rejected update from %s for round %d: %s",
+                    device, header.round, refused)
 
     def _on_report(self, device: str, payload: bytes) -> None:
         message: TaskFailed | EvaluationReport = decode(payload, (TaskFailed, EvaluationReport))
@@ -325,7 +355,8 @@ class RoundMachine:
         else:
             reason = self._no_round(message.round)
         if reason is not None:
-            log.warning("rejected report from %s: %s", device, reason)
+            log.log(logging.DEBUG if reason == LATE else logging.WARNING, "rejected report from %s: %s", device,
+                    reason)
 
     def _no_round(self, round_number: int) -> str:
         """Count a message for a round that is not open: late if that round has closed."""

@@ -8,6 +8,7 @@ value and say whether it came from the file or the command line.
 
 from __future__ import annotations
 
+import difflib
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -61,9 +62,15 @@ def read_toml(cls: type[Any], file: Path) -> dict[str, Any]:
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in kinds:
-            raise ConfigError(str(file), key, f"one of {sorted(key_of(k) for k in kinds)}", "an unknown key")
+            raise ConfigError(str(file), key, _known_keys(key, [key_of(k) for k in kinds]), "an unknown key")
         values[name] = _typed(str(file), key, str(kinds[name]), value)
     return values
+
+
+def _known_keys(key: str, known: list[str]) -> str:
+    """What an unknown key should have been: the closest known key if one is close, else all of them."""
+    close = difflib.get_close_matches(key_of(key), known, n=1)
+    return f"a known key (did you mean {close[0]!r}?)" if close else f"one of {sorted(known)}"
 
 
 def _typed(source: str, key: str, kind: str, value: Any) -> Any:

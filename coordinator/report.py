@@ -1,4 +1,5 @@
-"""One JSON line per round: what was selected, accepted, refused and why, traffic, time, metrics.
+"""One JSON line per round: what was selected, accepted, refused and why, traffic, time, metrics; and the short
+form a terminal shows (``human_line``).
 
 Lines are strict JSON: a value that is not finite (an overflowing loss) is
 written as null, and the line's ``nulled`` field names it and says why.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,31 @@ class RoundLog:
         log.info("round %d %s: %d/%d reported", line["round"], line["status"], line["reported"], line["selected"])
         if self._on_line is not None:
             self._on_line(line)
+
+
+def human_line(line: Mapping[str, Any], rounds: int | None = None) -> str:
+    """A round line in one short line for a terminal: round, outcome, reports of selected, test accuracy (and the
+    devices' own, after a federated evaluation), refusals other than late updates, traffic, duration."""
+    number = f"{line['round']}/{rounds}" if rounds else str(line["round"])
+    status = line["status"] if line["status"] == "committed" else f"{line['status']} ({line['closed_by']})"
+    parts = [f"round {number}", status, f"{line['reported']}/{line['selected']} reported", f"acc {_accuracy(line)}"]
+    refused = sum(line["rejected"].values())
+    if refused:
+        parts.append(f"{refused} refused")
+    parts += [f"in {_size(line['bytes_in'])}", f"out {_size(line['bytes_out'])}", f"{line['duration_s']:.1f} s"]
+    return "  ".join(parts)
+
+
+def _accuracy(line: Mapping[str, Any]) -> str:
+    test, federated = line.get("test"), line.get("federated_eval")
+    text = f"{test['accuracy']:.4f}" if test and test.get("accuracy") is not None else "-"
+    if federated and federated.get("accuracy") is not None:
+        text += f" (devices {federated['accuracy']:.4f})"
+    return text
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"

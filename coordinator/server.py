@@ -21,11 +21,13 @@ from coordinator.checkpoint import save_checkpoint
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import TestSetEvaluator
 from coordinator.machine import Effect, Now, Publish, RoundMachine, Save
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.report import RoundLog
 from coordinator.resume import initial_state
 from coordinator.server_state import ServerState
 from edge_runtime.artifact import Artifact
 from edge_runtime.broker_args import mqtt_options
+from edge_runtime.cli import native_logs_hidden
 from edge_runtime.codecs import get_codec
 from edge_runtime.manifest import MANIFEST_FILE
 from edge_runtime.mqtt import MqttConnection
@@ -39,11 +41,15 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _POLL_S = 0.1
 INBOX_LIMIT = 8  # messages waiting for the coordinator's thread (at most this many updates held at once)
+WAIT_NOTE_S = 30.0  # while the machine waits for devices, say why when it starts and then this often
 
 
 class Coordinator:
     def __init__(self, config: CoordinatorConfig, *, clock: Clock = time.time,
-                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_round: Callable[[dict[str, Any]], None] | None = None,
+                 on_wait: Callable[[str], None] | None = None, metrics: CoordinatorMetrics | None = None) -> None:
+        """``on_round`` gets each round line; ``on_wait`` why the next round waits for devices (default: an INFO
+        log line); ``metrics`` follows the round lines and the devices' statuses."""
         self.config = config
         self.clock = clock
         self.artifact = Artifact.load(config.artifact)
@@ -55,7 +61,8 @@ class Coordinator:
         self.strategy = config.build_strategy()
         limit = config.max_payload or get_codec(config.codec).payload_limit(manifest.parameter_count)
         self._log = RoundLog(config.state_dir, on_round)
-        evaluator = TestSetEvaluator(self.artifact, config.test_data) if config.test_data else None
+        with native_logs_hidden(not log.isEnabledFor(logging.INFO)):  # LiteRT's note on its CPU delegate
+            evaluator = TestSetEvaluator(self.artifact, config.test_data) if config.test_data else None
         lr = config.lr if config.lr is not None else manifest.optimizer.learning_rate
         state = initial_state(config, self.artifact_id, manifest.weights, self.strategy, self.artifact.initial_weights)
         self.machine = RoundMachine(config, state, self.strategy, manifest.weights,
@@ -67,6 +74,9 @@ class Coordinator:
         if not self.strategy.streaming:
             log.info("strategy %s keeps each round's accepted updates: up to %.1f MB per selected device",
                      self.strategy.name, manifest.parameter_count * 4 / 1e6)
+        self._on_wait = on_wait or (lambda text: log.info("%s", text))
+        self._waiting_noted = -float("inf")  # when the current wait for devices was last said; -inf: no wait
+        self._metrics = metrics
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=INBOX_LIMIT)
         self._receiving = True
         self._retained: dict[str, bytes] = {}
@@ -128,6 +138,19 @@ class Coordinator:
             except queue.Empty:
                 item = None
         self._carry_out(self.machine.tick(self._now()))
+        self._observe()
+
+    def _observe(self) -> None:
+        """Say why the machine waits for devices (when the wait starts, then every ``WAIT_NOTE_S``); update the
+        device gauges."""
+        reason = self.machine.waiting_reason()
+        if reason is None:
+            self._waiting_noted = -float("inf")
+        elif time.monotonic() >= self._waiting_noted + WAIT_NOTE_S:
+            self._waiting_noted = time.monotonic()
+            self._on_wait(reason)
+        if self._metrics is not None:
+            self._metrics.observe_devices(self.machine.registry.values())
 
     def _carry_out(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -136,6 +159,8 @@ class Coordinator:
             elif isinstance(effect, Save):
                 save_checkpoint(self.config.state_dir, effect.state)
             else:
+                if self._metrics is not None:  # first: whoever reads the line finds the metrics up to date
+                    self._metrics.observe_round(effect.line)
                 self._log.write(effect.line)
 
     def _publish_retained(self, topic: str, payload: bytes) -> None:

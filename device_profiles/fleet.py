@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -38,24 +37,30 @@ from device_profiles.prepare import (
 )
 from device_profiles.processes import launch, start_embedded_broker, stop_all
 from device_profiles.profiles import load_profiles
-from device_profiles.run_folder import RunFolder, write_json
+from device_profiles.run_folder import RunFolder, write_json, writing
 from device_profiles.summary import FleetSummary, summarize
 from device_profiles.sync import FleetLink
 from device_profiles.worker import WorkerSpec
+from edge_runtime.data import Dataset
 from edge_runtime.mqtt import ProtocolChoice
 from edge_runtime.policy_file import load_policy
 
 log = logging.getLogger(__name__)
 RoundCallback = Callable[[dict[str, Any]], None]
-_RUN_FILES = ("rounds.jsonl", "summary.json", "report.png", "coordinator", "workers", "logs", "cache", "artifact")
 
 
 def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
               note: Callable[[str], None] = log.info, stop: threading.Event | None = None) -> FleetSummary:
     """Run the fleet to the end; returns the summary (also written to ``summary.json``)."""
-    stop = stop or threading.Event()
     folder = RunFolder(config.out)
-    entries, classes = _prepare(config, folder, note)  # everything is checked before a file is touched
+    inputs = _check_inputs(config)  # everything is checked before a file is touched
+    with writing(folder):  # removes only what an earlier run recorded; records what this one writes, however it ends
+        return _run_fleet(config, folder, inputs, on_round, note, stop or threading.Event())
+
+
+def _run_fleet(config: FleetConfig, folder: RunFolder, inputs: _Inputs, on_round: RoundCallback | None,
+               note: Callable[[str], None], stop: threading.Event) -> FleetSummary:
+    entries, classes = inputs.entries, _prepare(config, folder, inputs, note)
     brokers: list[subprocess.Popen[bytes]] = []
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -77,20 +82,10 @@ def run_fleet(config: FleetConfig, on_round: RoundCallback | None = None,
     summary = summarize(config, folder, lines, entries, clock, classes)
     write_json(folder.summary, summary.as_json())
     if lines:
-        from device_profiles.report import write_report
+        from device_profiles.report import run_report
 
-        write_report(folder.report, lines, report_title(config, summary))
+        run_report(folder)
     return summary
-
-
-def report_title(config: FleetConfig, summary: FleetSummary) -> str:
-    """The report's title: the fleet, and on a second line its attackers if it had any."""
-    title = (f"edgefl fleet: {config.devices} devices, {config.dataset} {config.partition}, {config.model}, "
-             f"{config.profiles}")
-    attack = summary.attack
-    if attack is None:
-        return title
-    return f"{title}\n{attack.describe()}, who trained {attack.updates_trained} updates"
 
 
 def _run(config: FleetConfig, folder: RunFolder, url: str, version: ProtocolChoice, link: FleetLink,
@@ -118,30 +113,28 @@ def _silence_s(config: FleetConfig, clock: SimClock) -> float:
     return 120.0 + 3 * (deadline + config.round_interval / clock.rate)
 
 
-def _clear(folder: RunFolder) -> None:
-    """Remove what an earlier run left in the folder, refusing a folder that is not an earlier run's."""
-    root = folder.root
-    if root.exists() and not root.is_dir():
-        raise FleetError(f"--out {root} is a file; expected a folder for the run")
-    if root.is_dir() and any(root.iterdir()) and not folder.config.is_file():
-        raise FleetError(f"--out {root} holds files but no {folder.config.name} of an earlier fleet run; "
-                         "expected an empty or new folder, or an earlier run's (which is replaced)")
-    for name in _RUN_FILES:
-        path = root / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    root.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class _Inputs:
+    """A run's inputs, every one checked: the split, each device's rows of the training split, the devices."""
+
+    train: Dataset
+    test: Dataset
+    parts: list[np.ndarray]
+    entries: list[DeviceEntry]
 
 
-def _prepare(config: FleetConfig, folder: RunFolder, note: Callable[[str], None]) -> tuple[list[DeviceEntry], int]:
-    """Check every input (data, model, profiles, policy), then write the run's inputs to a cleared folder."""
+def _check_inputs(config: FleetConfig) -> _Inputs:
+    """Data against the model, profiles, mix and policy; nothing written yet."""
     train, test, parts = split_data(config)
     entries = assign_devices(config, load_profiles(config.profile_file), parts)
     if config.policy is not None:
         load_policy(config.policy)  # the workers read it again; a bad file is refused here, before they start
-    _clear(folder)
+    return _Inputs(train, test, parts, entries)
+
+
+def _prepare(config: FleetConfig, folder: RunFolder, inputs: _Inputs, note: Callable[[str], None]) -> int:
+    """Write the run's inputs to its cleared folder; returns the number of classes."""
+    train, test, parts, entries = inputs.train, inputs.test, inputs.parts, inputs.entries
     write_config_toml(folder.config, config)
     save_data(config, folder, train, test, parts)
     save_devices(folder.devices, entries)
@@ -153,7 +146,7 @@ def _prepare(config: FleetConfig, folder: RunFolder, note: Callable[[str], None]
         note(f"{hostile} of {len(entries)} devices attack ({config.attack}); devices.json names them")
     if config.runs_coordinator:
         export_artifact(config, train, classes, folder, default_cache())
-    return entries, classes
+    return classes
 
 
 def _shard_indices(config: FleetConfig) -> list[int]:

@@ -157,7 +157,7 @@ def export_artifact(config: FleetConfig, train: Dataset, classes: int, folder: R
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=cache))
         # In a child process: TensorFlow's memory (about 1 GB) must not stay in the coordinator's process.
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(_export, spec, staging / "artifact").result()
+            pool.submit(_export, spec, staging / "artifact", _verbosity()).result()
         with contextlib.suppress(OSError):  # a concurrent run exported the same model first
             os.replace(staging / "artifact", cached)
         shutil.rmtree(staging, ignore_errors=True)
@@ -166,11 +166,16 @@ def export_artifact(config: FleetConfig, train: Dataset, classes: int, folder: R
     return folder.artifact
 
 
-def _export(spec: ModelSpec, out: Path) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from model_export.exporter import export_model
+def _export(spec: ModelSpec, out: Path, verbosity: int) -> None:
+    from model_export.cli import load_exporter
 
-    export_model(spec, out)
+    load_exporter(verbosity)(spec, out)  # TensorFlow's start-up lines hidden unless -v
+
+
+def _verbosity() -> int:
+    """The ``-v`` count the logging was set up with, for the export's child process (which has no logging set up)."""
+    level = logging.getLogger().getEffectiveLevel()
+    return 2 if level <= logging.DEBUG else 1 if level <= logging.INFO else 0
 
 
 def default_cache() -> Path:

@@ -85,7 +85,8 @@ def build_agents(spec: WorkerSpec) -> list[DeviceAgent]:
     agents = []
     for index in spec.indices:
         entry = entries[index]
-        mqtt = mqtt_options(spec.broker, entry.id, protocol=spec.mqtt_version)
+        # environ={}: every emulated device is its own anonymous client, whatever credentials this shell holds
+        mqtt = mqtt_options(spec.broker, entry.id, protocol=spec.mqtt_version, environ={})
         rows = parts[index]
         agents.append(emulated_agent(entry, profiles[entry.profile], Dataset(x[rows], y[rows]), mqtt=mqtt,
                                      topics=topics, cache_dir=folder.cache(spec.worker), clock=clock,

@@ -132,6 +132,7 @@ class DeviceAgent:
         """Serve until ``stop`` is set, then publish an offline status and disconnect."""
         self._stop = stop
         self._decision, self._checked_at = self.policy.check(), time.monotonic()  # published once connected
+        self._log_decision()
         self._conn.start()
         try:
             while not stop.is_set():
@@ -163,15 +164,21 @@ class DeviceAgent:
         self._checked_at = time.monotonic()
         changed = (before.eligible, before.failed) != (self._decision.eligible, self._decision.failed)
         if changed:
-            log.info("%s: %s: %s", self.config.device_id, "eligible" if self._decision.eligible else "not eligible",
-                     "; ".join(self._decision.reasons))
+            self._log_decision()
         if changed or publish:
             self.publish_status()
         return self._decision
 
+    def _log_decision(self) -> None:
+        log.info("%s: %s: %s", self.config.device_id, "eligible" if self._decision.eligible else "not eligible",
+                 "; ".join(self._decision.reasons))
+
     # -- messages ---------------------------------------------------------------------------------
 
     def _handle(self, topic: str, payload: bytes) -> None:
+        if not payload and topic in (self.topics.artifact, self.topics.global_model):
+            log.debug("%s: the retained %s was cleared; keeping what it holds", self.config.device_id, topic)
+            return
         try:
             if topic == self.topics.artifact:
                 self._on_artifact(payload)
@@ -196,8 +203,8 @@ class DeviceAgent:
             self.publish_status()
             return
         self._model, self._unusable = _Model(artifact, header.artifact_id, data), ""
-        log.info("%s: artifact %s loaded, %d local examples", self.config.device_id, header.artifact_id[:12],
-                 len(data))
+        log.info("%s: model %s (%s) received, %d local examples fit it", self.config.device_id,
+                 header.artifact_id[:12], artifact.manifest.model_name, len(data))
         self.publish_status()
         if self._early_global:
             payload, self._early_global = self._early_global, b""
@@ -223,7 +230,7 @@ class DeviceAgent:
             return
         self._global = (header.version, check_weights(tensors, self._model.artifact.manifest.weights))
         self._global_bytes = len(payload)
-        log.info("%s: global model version %d", self.config.device_id, header.version)
+        log.info("%s: global model version %d received", self.config.device_id, header.version)
         self.publish_status()
         if self._waiting is not None:
             task, self._waiting = self._waiting, None
@@ -267,7 +274,8 @@ class DeviceAgent:
             if stop.outcome == "interrupted":
                 self.stats.interrupted += 1
             if stop.outcome == "withdrawn":
-                log.info("%s: task %s withdrawn by the coordinator", self.config.device_id, task.task_id)
+                log.info("%s: round %d: task withdrawn by the coordinator (the round closed without it)",
+                         self.config.device_id, task.round)
                 return
             self._finish(task, self._failure(task, stop.outcome, stop.reason))
         except (EdgeRuntimeError, OSError) as exc:  # e.g. the cached artifact no longer verifies, or is gone
@@ -329,12 +337,17 @@ class DeviceAgent:
         update = self._updates.encode(self.config.device_id, task, trainer.get_weights(), base, len(data),
                                       result.mean_loss)
         self._wait(task, self.pace.upload_wait_s(len(update.payload)), result.steps)
-        log.info("%s: round %d trained, loss %.4f, update norm %.3f (bound %.3f)", self.config.device_id,
-                 task.round, result.mean_loss, update.header.norm, task.clip_norm)
+        log.info("%s: round %d: trained in %.2f s, loss %.4f, update norm %.3f (bound %.3f), sending %d bytes",
+                 self.config.device_id, task.round, result.wall_time_s, result.mean_loss, update.header.norm,
+                 task.clip_norm, len(update.payload))
         return self.topics.update(self.config.device_id), update.payload
 
     def _evaluate(self, task: EvaluateTask, trainer: Trainer, data: Dataset) -> tuple[str, bytes]:
+        log.info("%s: round %d: evaluating the global model on %d examples", self.config.device_id, task.round,
+                 len(data))
         result = trainer.evaluate(data.x, data.y)
+        log.info("%s: round %d: evaluated, accuracy %.4f, loss %.4f", self.config.device_id, task.round,
+                 result.accuracy, result.loss)
         report = EvaluationReport(self.config.device_id, task.task_id, task.round, task.model_version,
                                   result.examples, result.loss * result.examples,
                                   round(result.accuracy * result.examples))

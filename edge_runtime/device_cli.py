@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.agent import AgentConfig, DeviceAgent
-from edge_runtime.argtypes import positive_int
+from edge_runtime.argtypes import positive_float, positive_int
 from edge_runtime.broker_args import add_broker_arguments, mqtt_options, stop_on_signals
 from edge_runtime.cache import default_cache_dir
+from edge_runtime.cli import show_progress
 from edge_runtime.data import DEFAULT_LABEL_COLUMN
 from edge_runtime.errors import DataError, PolicyError
+from edge_runtime.mqtt import Backoff, ConnectCancelled
 from edge_runtime.policy import AlwaysEligible, EligibilityPolicy, Scheduler
 from edge_runtime.policy_file import Policy, load_policy
 from edge_runtime.protocol import Topics, check_name
@@ -46,6 +49,9 @@ def register(subparsers: Any) -> None:
                    help="force a TFLite backend (default: first installed, or $EDGEFL_TFLITE_BACKEND)")
     _add_policy_arguments(p)
     add_broker_arguments(p)
+    p.add_argument("--connect-timeout", type=positive_float, metavar="SECONDS",
+                   help="give up (exit 2) when the broker cannot be reached for this long at start; default: retry "
+                        "with backoff until stopped")
     p.set_defaults(handler=run, device_parser=p)
 
     actions = p.add_subparsers(dest="device_action", metavar="{status}")
@@ -88,10 +94,12 @@ def run(args: argparse.Namespace) -> int:
             args.device_parser.error(f"{flag} is required to run the agent (or use `edgefl device status`)")
     device_id = check_name(args.device_id, "--device-id")
     cache_dir = args.cache_dir or default_cache_dir(device_id)
+    stop = stop_on_signals()
+    retry = Backoff(give_up_after_s=args.connect_timeout, stop=stop)  # a broker down at start is waited for
     config = AgentConfig(
         device_id=device_id,
         data=args.data,
-        mqtt=mqtt_options(args.broker, device_id, args.username, args.password, args.tls_ca, args.mqtt_version),
+        mqtt=mqtt_options(args.broker, device_id, args.username, None, args.tls_ca, args.mqtt_version, retry),
         cache_dir=cache_dir,
         topics=Topics(args.federation),
         label_column=args.label_column,
@@ -101,9 +109,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.is_file():
         raise DataError(args.data, "no such file; expected a .npz (x, y) or .csv training file")
     policy = build_policy(args.policy, args.signals, cache_dir)
+    show_progress("edge_runtime.agent", "edge_runtime.mqtt")  # connected, model received, tasks, eligibility
     if args.nice:
         os.nice(args.nice)  # the whole process, so the interpreter's worker threads inherit it
-    DeviceAgent(config, policy).run(stop_on_signals())
+    with contextlib.suppress(ConnectCancelled):  # SIGTERM before the broker was ever reached
+        DeviceAgent(config, policy).run(stop)
     return 0
 
 

@@ -8,16 +8,28 @@ accepts the TCP connection but never answers the v5 CONNECT (amqtt speaks
 only 3.1.1, and a v5 CONNECT carrying a will leaves it waiting for bytes
 that never come), is used with 3.1.1, since the protocol relies on nothing
 v5-only.
+
+A first connection that fails raises ``ConnectFailure`` naming its cause
+(refused, unresolvable host, TLS, authentication, ...) as soon as it is known:
+when paho reports a failed attempt, ``diagnose`` repeats the steps (name
+lookup, TCP, TLS handshake) with plain sockets, which keep the error paho
+drops. With ``MqttOptions.retry`` the first connection is retried with
+jittered exponential backoff instead (``Backoff``).
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
 import logging
+import random
+import socket
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -29,14 +41,49 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], None]
 ProtocolChoice = Literal["auto", "5", "3.1.1"]
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK reason code (v5); paho maps the 3.1.1 refusal to it too
+_BAD_CREDENTIALS = (134, 135)  # v5 "bad user name or password", "not authorized"; paho maps 3.1.1's 4 and 5 to them
 # paho return codes of a publish made while the link is down (no connection / connection lost): QoS 1
 # messages stay queued and go out after the reconnect.
 _QUEUED_FOR_RECONNECT = (4, 7)
 V5_PROBE_S = 3.0  # in "auto", how long a reachable broker may leave a v5 CONNECT unanswered
+DIAGNOSE_TIMEOUT_S = 3.0  # each step of ``diagnose``: TCP connect, TLS handshake
+# OpenSSL verify codes (X509_V_ERR_*) of a certificate that no CA the client trusts has signed, and of a name mismatch
+_UNKNOWN_CA = (2, 18, 19, 20, 21)
+_NAME_MISMATCH = (62, 64)
+_EXPIRED, _NOT_YET_VALID = 10, 9
 
 
 class TransportError(EdgeRuntimeError):
     """The broker could not be reached, refused the connection, or a publish failed."""
+
+
+class FailureCause(enum.Enum):
+    """Why a first connection failed, as ``ConnectFailure.cause``."""
+
+    UNRESOLVABLE = "unresolvable host"
+    REFUSED = "connection refused"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timed out"
+    TLS = "TLS"
+    AUTHENTICATION = "authentication"
+    REJECTED = "rejected"  # a CONNACK refusal other than credentials or protocol
+    PROTOCOL = "MQTT version"
+    CLOSED = "closed"  # the broker closed the connection before answering CONNECT
+    SILENT = "no answer"  # TCP (and TLS) fine, no CONNACK
+
+
+class ConnectFailure(TransportError):
+    """A connection attempt failed; ``cause`` says why, ``detail`` what to check."""
+
+    def __init__(self, broker: BrokerUrl, cause: FailureCause, detail: str) -> None:
+        super().__init__(f"{broker}: {detail}")
+        self.broker = broker
+        self.cause = cause
+        self.detail = detail
+
+
+class ConnectCancelled(TransportError):
+    """``Backoff.stop`` was set while waiting to retry a first connection."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +112,34 @@ class BrokerUrl:
 
 
 @dataclass(frozen=True)
+class Backoff:
+    """Waits between attempts at a first connection: doubling from ``first_s`` up to ``max_s``, each wait shortened
+    by a random part of up to ``jitter`` of it, so that a fleet restarted together does not retry in step.
+
+    ``give_up_after_s``: raise the last failure once this long has passed (None: retry until ``stop`` is set).
+    """
+
+    first_s: float = 1.0
+    max_s: float = 60.0
+    jitter: float = 0.5
+    give_up_after_s: float | None = None
+    stop: threading.Event | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, ok, expected in (("first_s", self.first_s > 0, "> 0"),
+                                   ("max_s", self.max_s >= self.first_s, f">= first_s ({self.first_s})"),
+                                   ("jitter", 0 <= self.jitter <= 1, "in 0..1"),
+                                   ("give_up_after_s", self.give_up_after_s is None or self.give_up_after_s > 0,
+                                    "> 0 or None")):
+            if not ok:
+                raise ValueError(f"Backoff.{name} must be {expected}, got {getattr(self, name)!r}")
+
+    def delay(self, attempt: int, draw: float) -> float:
+        """The wait after failed attempt ``attempt`` (0: the first), ``draw`` uniform in [0, 1)."""
+        return min(self.max_s, self.first_s * 2.0 ** min(attempt, 60)) * (1.0 - self.jitter * draw)
+
+
+@dataclass(frozen=True)
 class MqttOptions:
     broker: BrokerUrl
     client_id: str
@@ -73,6 +148,11 @@ class MqttOptions:
     tls_ca: Path | None = None
     keepalive_s: int = 30
     protocol: ProtocolChoice = "auto"
+    retry: Backoff | None = None  # None: a failed first connection raises at once
+
+    @property
+    def tls(self) -> bool:
+        return self.broker.tls or self.tls_ca is not None
 
 
 class MqttConnection:
@@ -87,10 +167,11 @@ class MqttConnection:
         self._will = will
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker acknowledged this connection's subscriptions
-        self._refused: str | None = None
+        self._refusal: tuple[int, str] | None = None  # CONNACK code and reason of a refused first connection
         self._ever_connected = False
         self._closing = False
         self._unreachable = False  # the last TCP connection attempt failed
+        self._dropped = False  # the broker closed the first connection before its CONNACK
         self._pending: deque[Any] = deque()  # paho MessageInfo of publishes, oldest first, pruned as acknowledged
         self._pending_lock = threading.Lock()
         self._protocol: Literal["5", "3.1.1"] = "3.1.1" if options.protocol == "3.1.1" else "5"
@@ -108,25 +189,48 @@ class MqttConnection:
         self.close()
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Connect, waiting up to ``timeout_s`` for the first CONNACK; afterwards reconnects are automatic."""
+        """Connect, waiting up to ``timeout_s`` for the first CONNACK; afterwards reconnects are automatic.
+
+        Raises ``ConnectFailure`` naming the cause; with ``options.retry``, only once it gives up.
+        """
+        retry = self.options.retry
+        if retry is None:
+            self._attempt(timeout_s)
+            return
+        started, draws = time.monotonic(), random.Random()
+        for attempt in itertools.count():
+            remaining = (retry.give_up_after_s - (time.monotonic() - started)
+                         if retry.give_up_after_s is not None else timeout_s)
+            try:
+                self._attempt(max(1.0, min(timeout_s, remaining)))
+                return
+            except ConnectFailure as exc:
+                delay = retry.delay(attempt, draws.random())
+                elapsed = time.monotonic() - started
+                if retry.give_up_after_s is not None and elapsed + delay > retry.give_up_after_s:
+                    raise ConnectFailure(exc.broker, exc.cause, f"{exc.detail} (gave up after {attempt + 1} "
+                                                                f"attempts in {elapsed:.0f} s)") from exc
+                log.warning("%s; retrying in %.0f s", exc, delay)
+            if retry.stop is None:
+                time.sleep(delay)
+            elif retry.stop.wait(delay):
+                raise ConnectCancelled(f"stopped while waiting to connect to {self.options.broker}")
+
+    def _attempt(self, timeout_s: float) -> None:
+        """One connection, with the v5 probe and 3.1.1 fall-back of ``auto``; raises ``ConnectFailure``."""
         started = time.monotonic()
-        self._open()
-        if self.options.protocol != "auto":
-            self._wait_connected(timeout_s)
-            self._raise_if_failed(timeout_s)
-            return
-        if self._wait_connected(min(V5_PROBE_S, timeout_s)):
-            return
-        if self._refused not in (None, "protocol") or self._unreachable:
-            self._wait_connected(timeout_s - (time.monotonic() - started))
-            self._raise_if_failed(timeout_s)
-            return
-        log.info("%s does not answer MQTT v5; using 3.1.1", self.options.broker)
-        self._stop_client()
-        self._protocol, self._refused = "3.1.1", None
-        self._open()
-        self._wait_connected(max(timeout_s - (time.monotonic() - started), 1.0))
-        self._raise_if_failed(timeout_s)
+        auto = self.options.protocol == "auto"
+        self._open("3.1.1" if self.options.protocol == "3.1.1" else "5")
+        failure = self._await_connack(min(V5_PROBE_S, timeout_s) if auto else timeout_s)
+        if failure is not None and auto and failure.cause in (FailureCause.PROTOCOL, FailureCause.SILENT,
+                                                              FailureCause.CLOSED):
+            log.info("%s does not answer MQTT v5 (%s); using 3.1.1", self.options.broker, failure.detail)
+            self._stop_client()
+            self._open("3.1.1")
+            failure = self._await_connack(max(timeout_s - (time.monotonic() - started), 1.0))
+        if failure is not None:
+            self.close()
+            raise failure
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
         """Queue a publish; paho delivers QoS 1 messages after a reconnect if the link is down now."""
@@ -164,17 +268,19 @@ class MqttConnection:
 
     # -- paho plumbing -------------------------------------------------------------------------
 
-    def _open(self) -> None:
+    def _open(self, protocol: Literal["5", "3.1.1"]) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
         opts = self.options
-        version = paho.MQTTv5 if self._protocol == "5" else paho.MQTTv311
+        self._protocol, self._refusal, self._unreachable, self._dropped, self._closing = protocol, None, False, \
+            False, False
+        version = paho.MQTTv5 if protocol == "5" else paho.MQTTv311
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=version)
         if opts.username is not None:
             client.username_pw_set(opts.username, opts.password)
-        if opts.broker.tls or opts.tls_ca is not None:
-            client.tls_set(ca_certs=str(opts.tls_ca) if opts.tls_ca else None)
+        if opts.tls:
+            client.tls_set_context(tls_context(opts))
         if self._will is not None:
             client.will_set(self._will[0], self._will[1], qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -188,36 +294,38 @@ class MqttConnection:
         try:
             client.connect_async(opts.broker.host, opts.broker.port, keepalive=opts.keepalive_s)
         except (OSError, ValueError) as exc:
-            raise TransportError(f"cannot connect to {opts.broker}: {exc}") from exc
+            raise ConnectFailure(opts.broker, FailureCause.UNREACHABLE, f"cannot connect: {exc}") from exc
         client.loop_start()
 
     def _stop_client(self) -> None:
         self._client.loop_stop()
         self.connected.clear()
 
-    def _wait_connected(self, timeout_s: float) -> bool:
+    def _await_connack(self, timeout_s: float) -> ConnectFailure | None:
+        """None once connected; else the failure, as soon as its cause is known, or after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self._refused is None:
-            if self.connected.wait(0.05):
-                return True
-        return self.connected.is_set()
-
-    def _raise_if_failed(self, timeout_s: float) -> None:
-        if self.connected.is_set():
-            return
-        self.close()
-        if self._refused == "protocol":
-            raise TransportError(f"{self.options.broker} refused MQTT {self._protocol}")
-        if self._refused is not None:
-            raise TransportError(f"{self.options.broker} refused the connection: {self._refused}; "
-                                 "check the username, password and the broker's ACL")
-        raise TransportError(f"no connection to {self.options.broker} within {timeout_s:.0f} s; "
-                             "is the broker running and reachable?")
+        while not self.connected.wait(0.05):
+            if self._refusal is not None:
+                return _refusal_failure(self.options.broker, *self._refusal)
+            if self._dropped:
+                return ConnectFailure(self.options.broker, FailureCause.CLOSED,
+                                      "the broker closed the connection before answering the MQTT CONNECT"
+                                      + ("" if self.options.tls else "; is it a TLS port (use mqtts://)?"))
+            if self._unreachable:
+                failure = diagnose(self.options)
+                if failure is not None:
+                    return failure
+                self._unreachable = False  # reachable now (a broker just started): paho's next attempt may do
+            if time.monotonic() >= deadline:
+                return ConnectFailure(self.options.broker, FailureCause.SILENT,
+                                      f"no answer to the MQTT {self._protocol} CONNECT within {timeout_s:.0f} s; "
+                                      "is this an MQTT broker's port?")
+        return None
 
     def _handle_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         code = getattr(reason, "value", reason)
         if code != 0:
-            self._refused = "protocol" if code == _UNSUPPORTED_PROTOCOL else str(reason)
+            self._refusal = (code, str(reason))
             if not self._ever_connected:
                 client.disconnect()  # a refusal at start-up is final; start() reports it
             return
@@ -245,6 +353,8 @@ class MqttConnection:
         self._unreachable = True
 
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if not self._ever_connected and not self._closing and self._refusal is None:
+            self._dropped = True
         if self.connected.is_set() and not self._closing:
             log.warning("lost the connection to %s (%s); reconnecting", self.options.broker, reason)
         self.connected.clear()
@@ -260,3 +370,76 @@ def _settled(info: Any) -> bool:
         return bool(info.is_published())
     except (RuntimeError, ValueError):
         return True
+
+
+def tls_context(options: MqttOptions) -> ssl.SSLContext:
+    """The client's TLS settings: ``options.tls_ca`` (else the system's CAs), host names checked."""
+    ca = options.tls_ca
+    if ca is not None and not ca.is_file():
+        raise ConnectFailure(options.broker, FailureCause.TLS, f"the CA certificate file {ca} does not exist")
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConnectFailure(options.broker, FailureCause.TLS, f"cannot load the CA certificate {ca}: {exc}") from exc
+
+
+def diagnose(options: MqttOptions, timeout_s: float = DIAGNOSE_TIMEOUT_S) -> ConnectFailure | None:
+    """Why a connection to the broker fails: name lookup, TCP, TLS in turn; None if all three succeed now."""
+    broker = options.broker
+    try:
+        socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return ConnectFailure(broker, FailureCause.UNRESOLVABLE,
+                              f"cannot resolve the host name {broker.host!r} ({exc.strerror}); check the broker URL "
+                              "and this machine's DNS")
+    try:
+        sock = socket.create_connection((broker.host, broker.port), timeout=timeout_s)
+    except ConnectionRefusedError:
+        return ConnectFailure(broker, FailureCause.REFUSED, f"connection refused: nothing listens on port "
+                                                            f"{broker.port}; is the broker running, on this port?")
+    except TimeoutError:
+        return ConnectFailure(broker, FailureCause.TIMEOUT, f"no answer within {timeout_s:.0f} s; is the address "
+                                                            f"right, and does a firewall let port {broker.port} "
+                                                            "through?")
+    except OSError as exc:
+        return ConnectFailure(broker, FailureCause.UNREACHABLE, f"cannot connect: {exc.strerror or exc}")
+    with sock:
+        return _diagnose_tls(options, sock, timeout_s) if options.tls else None
+
+
+def _diagnose_tls(options: MqttOptions, sock: socket.socket, timeout_s: float) -> ConnectFailure | None:
+    context = tls_context(options)
+    sock.settimeout(timeout_s)
+    try:
+        with context.wrap_socket(sock, server_hostname=options.broker.host):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return ConnectFailure(options.broker, FailureCause.TLS, _verify_text(options, exc))
+    except (ssl.SSLError, OSError) as exc:
+        return ConnectFailure(options.broker, FailureCause.TLS, f"TLS handshake failed ({exc}); is port "
+                                                                f"{options.broker.port} a TLS listener?")
+
+
+def _verify_text(options: MqttOptions, exc: ssl.SSLCertVerificationError) -> str:
+    code, message = exc.verify_code, exc.verify_message
+    ca = f"the CA in {options.tls_ca}" if options.tls_ca else "the system's CAs (give --tls-ca)"
+    if code in _UNKNOWN_CA:
+        return f"TLS: unknown CA: the broker's certificate is not signed by {ca} ({message})"
+    if code in _NAME_MISMATCH:
+        return (f"TLS: host name mismatch: the broker's certificate is not valid for {options.broker.host!r} "
+                f"({message}); connect by a name the certificate lists")
+    if code == _EXPIRED:
+        return f"TLS: the broker's certificate has expired ({message})"
+    if code == _NOT_YET_VALID:
+        return f"TLS: the broker's certificate is not valid yet; is this machine's clock right? ({message})"
+    return f"TLS: the broker's certificate was refused: {message}"
+
+
+def _refusal_failure(broker: BrokerUrl, code: int, reason: str) -> ConnectFailure:
+    if code == _UNSUPPORTED_PROTOCOL:
+        return ConnectFailure(broker, FailureCause.PROTOCOL, f"the broker refused this MQTT version ({reason})")
+    if code in _BAD_CREDENTIALS:
+        return ConnectFailure(broker, FailureCause.AUTHENTICATION,
+                              f"authentication failed: {reason}; check the username and password "
+                              "($EDGEFL_MQTT_PASSWORD) against the broker's password file")
+    return ConnectFailure(broker, FailureCause.REJECTED, f"the broker refused the connection: {reason}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.argtypes import int_list, positive_float, positive_int
+from edge_runtime.cli import native_logs_hidden
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, read_arrays
 from edge_runtime.manifest import OPTIMIZERS, Normalization, OptimizerConfig
 from model_export.errors import ExportError, SpecError
@@ -56,7 +57,7 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    export = load_exporter()
+    export = load_exporter(args.verbose)
     manifest = export(spec_from_args(args), args.out)
     print(f"wrote {args.out}: {manifest.model_name}, {manifest.parameter_count} parameters, "
           f"train batch {manifest.train_batch_size}, optimizer {manifest.optimizer.name}, builtin ops only")
@@ -66,7 +67,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from model_export.demo import run
 
-    return run(args.out, args.epochs)
+    return run(args.out, args.epochs, args.verbose)
 
 
 def normalization_from(path: Path, label_column: str) -> Normalization:
@@ -88,11 +89,21 @@ def _normalization(args: argparse.Namespace) -> Normalization | None:
     return Normalization((mean,), (std,))
 
 
-def load_exporter() -> Any:
-    """``export_model``, importing TensorFlow now; a clear error names the extra if it is missing."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def load_exporter(verbosity: int = 0) -> Any:
+    """``export_model``, importing TensorFlow now; a clear error names the extra if it is missing.
+
+    TensorFlow's start-up lines (absl's preamble, oneDNN, CUDA, the cuInit error of a machine without GPU) are
+    hidden at ``verbosity`` 0; at 1 (``-v``) they show, and at 2 (``-vv``) so does everything TensorFlow's C++
+    side logs afterwards (``TF_CPP_MIN_LOG_LEVEL`` otherwise defaults to 2 here: errors only).
+    """
+    if verbosity < 2:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from model_export.exporter import export_model
+        with native_logs_hidden(verbosity == 0):
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # the probe for a GPU (and its complaint if none) happens now
+            from model_export.exporter import export_model
     except ImportError as exc:
         raise ExportError(f"exporting needs TensorFlow: pip install 'edgefl[export]' ({exc})") from exc
     return export_model

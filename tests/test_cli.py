@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from tests.test_deploy_docs import code_lines, edgefl_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def edgefl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", *args], cwd=ROOT, capture_output=True,
+def edgefl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -64,11 +69,28 @@ def test_export_with_a_bad_spec_names_the_field(tmp_path) -> None:
     assert "model spec field 'filters'" in result.stderr
 
 
-def test_demo_exports_and_trains_digits(tmp_path) -> None:
-    result = edgefl("demo", "--out", str(tmp_path / "demo"), "--epochs", "2")
-    assert result.returncode == 0, result.stderr
-    assert "test accuracy after 2 epochs" in result.stdout
-    assert (tmp_path / "demo" / "artifact" / "model.tflite").is_file()
+@pytest.mark.tensorflow
+def test_demo_exports_and_trains_digits_and_the_readme_examples_run_on_what_it_writes(tmp_path) -> None:
+    """In a fresh folder: ``edgefl demo``, then the README's export mlp, train-local and Python examples of
+    "Using it", each exactly as written."""
+    readme = (ROOT / "README.md").read_text()
+    using = readme[readme.index("## Using it"):readme.index("## Federated training over MQTT")]
+    examples = [argv for line in code_lines(using) if (argv := edgefl_argv(line))
+                and any(arg.startswith("runs/demo/tabular/") for arg in argv)]
+    assert [argv[0] for argv in examples] == ["export", "train-local"]
+    demo = edgefl("demo", "--epochs", "1", cwd=tmp_path)  # runs/demo, as the README says
+    assert demo.returncode == 0, demo.stderr
+    assert "test accuracy after 1 epochs" in demo.stdout
+    assert (tmp_path / "runs" / "demo" / "artifact" / "model.tflite").is_file()
+    for argv in examples:
+        done = edgefl(*argv, cwd=tmp_path)
+        assert done.returncode == 0, f"edgefl {shlex.join(argv)}: {done.stderr}"
+    assert "epoch   5  loss" in done.stdout  # train-local's last epoch
+    python = subprocess.run([sys.executable, "-c", "\n".join(code_lines(using, ("python",)))], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert python.returncode == 0, python.stderr
+    loss, accuracy = map(float, python.stdout.split())
+    assert loss > 0 and accuracy >= 0.9
 
 
 def test_bad_cli_values_fail_at_parse_time(tmp_path, export) -> None:
@@ -103,3 +125,38 @@ def test_version_names_the_installed_package() -> None:
                           check=False)
     assert done.returncode == 0
     assert done.stdout.strip() == f"edgefl {importlib.metadata.version('edgefl')}"
+
+
+def test_demo_prints_no_start_up_lines_of_tensorflow_or_litert(tmp_path) -> None:
+    """absl's preamble, oneDNN, CUDA, cuInit and XNNPACK lines are hidden without -v, whatever TF_CPP_MIN_LOG_LEVEL."""
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "demo", "--out", str(tmp_path / "demo"),
+                           "--epochs", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+def test_a_round_on_a_terminal_is_one_short_line() -> None:
+    from coordinator.report import human_line
+
+    line = {"round": 3, "status": "committed", "closed_by": "goal", "reported": 4, "selected": 5, "late": 1,
+            "rejected": {"norm_exceeded": 2}, "bytes_in": 1_234_567, "bytes_out": 345_000, "duration_s": 2.06,
+            "test": {"accuracy": 0.81234, "loss": 0.5, "examples": 450},
+            "federated_eval": {"accuracy": 0.79, "loss": 0.6, "examples": 300}}
+    assert human_line(line, 10) == ("round 3/10  committed  4/5 reported  acc 0.8123 (devices 0.7900)  2 refused  "
+                                     "in 1.2 MB  out 345.0 kB  2.1 s")
+    abandoned = {**line, "status": "abandoned", "closed_by": "deadline", "reported": 1, "rejected": {},
+                 "bytes_in": 900, "test": None, "federated_eval": None}
+    assert human_line(abandoned) == "round 3  abandoned (deadline)  1/5 reported  acc -  in 900 B  out 345.0 kB  2.1 s"
+
+
+def test_the_coordinator_prints_json_lines_when_asked_and_short_lines_otherwise(capsys) -> None:
+    from coordinator.cli import print_line
+
+    line = {"round": 1, "status": "committed", "closed_by": "goal", "reported": 2, "selected": 2, "late": 0,
+            "rejected": {}, "bytes_in": 10, "bytes_out": 20, "duration_s": 1.0, "test": None, "federated_eval": None}
+    print_line(line, as_json=True, rounds=3)
+    print_line(line, as_json=False, rounds=3)
+    first, second = capsys.readouterr().out.splitlines()
+    assert json.loads(first) == line
+    assert second.startswith("round 1/3  committed  2/2 reported")

@@ -240,6 +240,24 @@ def test_an_unknown_key_is_named(tmp_path: Path) -> None:
     assert str(tmp_path / "coordinator.toml") in str(error)
 
 
+@pytest.mark.parametrize(("line", "meant"), [
+    ("round-timout = 30", "round-timeout"),
+    ("round_timout = 30", "round-timeout"),  # snake case is read as the kebab-case key, and suggested so
+    ("min-client = 2", "min-clients"),
+    ("fedration = 'lab'", "federation"),
+])
+def test_a_misspelled_key_gets_a_did_you_mean(tmp_path: Path, line: str, meant: str) -> None:
+    error = config_error(toml(tmp_path, REQUIRED + line + "\n"))
+    assert error.expected == f"a known key (did you mean {meant!r}?)"
+    assert str(error).endswith(f"expected a known key (did you mean {meant!r}?), found 'an unknown key'")
+
+
+def test_a_key_like_no_other_lists_the_known_keys(tmp_path: Path) -> None:
+    error = config_error(toml(tmp_path, REQUIRED + "zzz = 1\n"))
+    assert "did you mean" not in str(error)
+    assert error.expected.startswith("one of [") and "'round-timeout'" in error.expected
+
+
 @pytest.mark.parametrize(("line", "key"), [
     ('rounds = "ten"', "rounds"),
     ("rounds = 2.5", "rounds"),

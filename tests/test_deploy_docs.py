@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.broker_args import PASSWORD_ENV
+from edge_runtime.broker_args import CREDENTIAL_ENVS, PASSWORD_ENV
 from edge_runtime.cli import build_parser
 from edge_runtime.errors import PolicyError, SignalError
 from edge_runtime.policy_file import _KEYS, Policy, load_policy
@@ -171,7 +171,8 @@ def check_unit(text: str) -> None:
     args = parse_edgefl(tokens[1:])
     assert args.command == "device" and args.device_action is None
     assert args.device_id and args.data and args.broker
-    assert args.password is None, f"the password belongs in the EnvironmentFile (${PASSWORD_ENV})"
+    assert not any(token.startswith("--password") for token in tokens), \
+        f"the password belongs in the EnvironmentFile (${PASSWORD_ENV})"
     assert args.policy == Path("/etc/edgefl/policy.toml")
     assert service["CacheDirectory"] == ["edgefl"] and args.cache_dir == Path("/var/cache/edgefl"), \
         "--cache-dir must be the CacheDirectory= /var/cache/edgefl"
@@ -252,7 +253,7 @@ def test_the_pages_signals_file_example_is_valid() -> None:
 def test_the_page_names_the_password_variable_the_code_reads() -> None:
     text = DEPLOY.read_text()
     assert f"{PASSWORD_ENV}=" in text
-    assert set(re.findall(r"EDGEFL_[A-Z_]+", text)) <= {PASSWORD_ENV, "EDGEFL_TFLITE_BACKEND"}
+    assert set(re.findall(r"EDGEFL_[A-Z_]+", text)) <= {*CREDENTIAL_ENVS, "EDGEFL_TFLITE_BACKEND"}
 
 
 # -- broken copies fail --------------------------------------------------------------------------------

@@ -179,21 +179,3 @@ def test_image_models_need_image_data() -> None:
         split_data(FleetConfig(dataset="breast_cancer", model="cnn"))
     with pytest.raises(DataError, match="cannot split 178 examples as asked"):
         split_data(FleetConfig(dataset="wine", model="mlp", test_fraction=0.999))
-
-
-def test_a_folder_that_is_not_an_earlier_run_is_never_cleared(tmp_path: Path) -> None:
-    from device_profiles.errors import FleetError
-    from device_profiles.fleet import _clear
-
-    mine = tmp_path / "project"
-    (mine / "coordinator").mkdir(parents=True)
-    (mine / "coordinator" / "keep.py").write_text("x = 1\n")
-    with pytest.raises(FleetError, match=r"holds files but no fleet\.toml"):
-        _clear(RunFolder(mine))
-    assert (mine / "coordinator" / "keep.py").is_file()
-    earlier = tmp_path / "run"
-    (earlier / "logs").mkdir(parents=True)
-    (earlier / "fleet.toml").write_text("devices = 3\n")
-    (earlier / "notes.txt").write_text("mine\n")
-    _clear(RunFolder(earlier))
-    assert not (earlier / "logs").exists() and (earlier / "notes.txt").is_file()

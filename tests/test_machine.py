@@ -211,3 +211,52 @@ def test_an_overflowing_train_loss_is_written_as_null_with_the_reason() -> None:
     assert line["train_loss"] is None
     assert line["nulled"] == {"train_loss": "inf is not a JSON number"}
     json.dumps(line, allow_nan=False)  # strict JSON
+
+
+def test_waiting_for_devices_says_how_many_are_eligible_and_the_top_reasons_of_the_others() -> None:
+    m = machine(min_clients=2)
+    m.start(at(0))
+    reasons = {"d2": ("battery 12% < 20%",), "d3": ("battery 12% < 20%", "metered network")}
+    m.receive(*status("d1"), at(0.1))
+    for device, why in reasons.items():
+        m.receive(TOPICS.status(device), encode(DeviceStatus(device, True, False, why, artifact_id=AID)), at(0.1))
+    m.receive(TOPICS.status("d4"), encode(DeviceStatus("d4", False, False, ("offline",))), at(0.1))
+    assert m.waiting_reason() is None  # still settling
+    m.tick(at(1.5))
+    assert m.phase == "waiting"
+    assert m.waiting_reason() == ("round 1 waits for 2 eligible devices (1 now; 3 online, 2 not eligible: top "
+                                  "reasons battery 12% < 20% (2), metered network (1))")
+    m.receive(*status("d2"), at(2))
+    assert m.phase == "training" and m.waiting_reason() is None
+
+
+def test_waiting_for_the_fleet_says_how_many_hold_the_model() -> None:
+    m = machine(expect_devices=3)
+    m.start(at(0))
+    m.receive(*status("d1"), at(0.1))
+    m.receive(TOPICS.status("d2"), encode(DeviceStatus("d2", True, True, artifact_id="")), at(0.1))
+    m.tick(at(1.5))
+    assert m.phase == "fleet"
+    assert m.waiting_reason() == "round 1 waits for 3 devices to hold the model (1 do; 2 online)"
+
+
+def test_a_late_update_from_an_over_selected_device_is_counted_not_warned_about(
+        caplog: pytest.LogCaptureFixture) -> None:
+    m = machine(rounds=2)
+    first = tasks(started(m))
+    m.receive(*update(first["d1"], "d1", (0.5, -0.25, 0.25)), at(2))
+    m.receive(*update(first["d2"], "d2", (0.5, -0.25, 0.25)), at(2))  # goal met: round 2 opens at once
+    assert m.phase == "training"
+    with caplog.at_level("DEBUG", logger="coordinator.machine"):
+        m.receive(*update(first["d3"], "d3", (0.5, -0.25, 0.25)), at(3))
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
+    effects = m.tick(at(40))  # round 2's deadline
+    line = next(e for e in effects if isinstance(e, Line)).line
+    assert (line["round"], line["late"], line["rejected"]) == (2, 1, {})
+
+
+def test_waiting_with_no_device_at_all_says_so_briefly() -> None:
+    m = machine(min_clients=2)
+    m.start(at(0))
+    m.tick(at(1.5))
+    assert m.waiting_reason() == "round 1 waits for 2 eligible devices (0 now; 0 online)"
