@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from device_profiles.fleet import run_fleet  # noqa: E402 -- after the path is set
 from device_profiles.fleet_config import FleetConfig  # noqa: E402
+from device_profiles.summary import FleetSummary  # noqa: E402
 
 START, END = "<!-- bench_fleet:start -->", "<!-- bench_fleet:end -->"
 PACKAGES = ("ai-edge-litert", "paho-mqtt", "numpy")
@@ -224,10 +225,10 @@ class RoundLog:
               f"{line['duration_s']:.2f} s", flush=True)
 
 
-def fleet_config(out: Path, label: str, **options: Any) -> FleetConfig:
+def fleet_config(out: Path, label: str, prefix: str = "bench-fleet", **options: Any) -> FleetConfig:
     """A fleet on the local Mosquitto with a fresh federation; by default rounds back to back on a slow day."""
     settings = {"speedup": SPEEDUP, "round_interval": ROUND_INTERVAL, "day_seconds": DAY_SECONDS, **options}
-    return FleetConfig(broker=BROKER, federation=f"bench-fleet-{label}-{uuid.uuid4().hex[:8]}", out=out / label,
+    return FleetConfig(broker=BROKER, federation=f"{prefix}-{label}-{uuid.uuid4().hex[:8]}", out=out / label,
                        **settings)
 
 
@@ -314,26 +315,34 @@ def central_ceiling(run: Path, epochs: int, lr: float | None, seed: int = 0) -> 
             "seconds": round(time.perf_counter() - started, 2)}
 
 
+def accuracy_options(devices: int, rounds: int, seed: int) -> dict[str, Any]:
+    """The ``FleetConfig`` options of an accuracy run (``bench_strategies.py`` runs the same, strategy aside)."""
+    return {"seed": seed, "devices": devices, "rounds": rounds, "partition": ACCURACY_PARTITION,
+            "fraction": ACCURACY_FRACTION, "local_epochs": ACCURACY_LOCAL_EPOCHS, "min_clients": ACCURACY_MIN_CLIENTS,
+            "server_lr": ACCURACY_SERVER_LR, "clip_norm": ACCURACY_CLIP_NORM, "round_timeout": ACCURACY_ROUND_TIMEOUT,
+            "round_interval": ACCURACY_ROUND_INTERVAL, "day_seconds": ACCURACY_DAY_SECONDS}
+
+
+def federated_result(summary: FleetSummary, lines: list[dict[str, Any]], devices: int) -> dict[str, Any]:
+    """What an accuracy run learned, from its summary and round lines."""
+    return {"devices": devices, "rounds": summary.rounds, "committed": summary.committed,
+            "final_accuracy": summary.final_accuracy, "best_accuracy": summary.best_accuracy,
+            "best_round": summary.best_round, "wall_time_s": summary.wall_time_s,
+            "accuracy_per_round": [line["test"]["accuracy"] if line.get("test") else None for line in lines],
+            "mean_selected": mean([line["selected"] for line in lines]),
+            "mean_reported": mean([line["reported"] for line in lines])}
+
+
 def run_accuracy(runs: Path, devices: int, rounds: int, seed: int) -> dict[str, Any]:
     """One federated run and its central ceiling; the seed sets the split, partition, profiles and selection."""
-    config = fleet_config(runs, f"accuracy-{seed}", seed=seed, devices=devices, rounds=rounds,
-                          partition=ACCURACY_PARTITION,
-                          fraction=ACCURACY_FRACTION, local_epochs=ACCURACY_LOCAL_EPOCHS,
-                          min_clients=ACCURACY_MIN_CLIENTS, server_lr=ACCURACY_SERVER_LR, clip_norm=ACCURACY_CLIP_NORM,
-                          round_timeout=ACCURACY_ROUND_TIMEOUT, round_interval=ACCURACY_ROUND_INTERVAL,
-                          day_seconds=ACCURACY_DAY_SECONDS)
+    config = fleet_config(runs, f"accuracy-{seed}", **accuracy_options(devices, rounds, seed))
     print(f"accuracy: {devices} devices, {rounds} rounds, seed {seed}", flush=True)
     warm_artifact(config)
     log = RoundLog("federated", rounds)
     summary = run_fleet(config, on_round=log, note=print)
     print(f"accuracy: central ceiling, {CENTRAL_EPOCHS} epochs", flush=True)
     central = central_ceiling(config.out, CENTRAL_EPOCHS, CENTRAL_LR, seed=seed)
-    federated = {"devices": devices, "rounds": summary.rounds, "committed": summary.committed,
-                 "final_accuracy": summary.final_accuracy, "best_accuracy": summary.best_accuracy,
-                 "best_round": summary.best_round, "wall_time_s": summary.wall_time_s,
-                 "accuracy_per_round": [line["test"]["accuracy"] if line.get("test") else None for line in log.lines],
-                 "mean_selected": mean([line["selected"] for line in log.lines]),
-                 "mean_reported": mean([line["reported"] for line in log.lines])}
+    federated = federated_result(summary, log.lines, devices)
     final = federated["final_accuracy"]
     gap = None if final is None else 100 * (central["final_accuracy"] - final)
     gap_best = None if final is None else 100 * (central["best_accuracy"] - final)
