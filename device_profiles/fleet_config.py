@@ -32,7 +32,7 @@ DEFAULT_LR = 0.05
 NORMALIZE = ("none", "standard")
 # Under --speedup max a simulated day lasts day-seconds of real time. A round's real time grows with the fleet
 # (1.2 to 5 s at 300 devices on a busy 2-core host), so the day does too: at 48 s (the old default), a
-# 300-device fleet's rounds took 2.5 simulated hours each, and a third of the devices they selected were
+# 300-device fleet's rounds took 2.5 simulated hours each, and over a quarter of the devices they selected were
 # interrupted as the availability slots turned.
 MIN_DAY_SECONDS = 48.0
 DAY_SECONDS_PER_DEVICE = 0.96
