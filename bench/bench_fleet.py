@@ -246,14 +246,15 @@ def warm_artifact(config: FleetConfig) -> float:
 def warm_artifact_main(toml: Path) -> int:
     """``--warm-artifact FLEET.toml``: prepare the data and export (or find) the artifact, in a scratch folder."""
     from device_profiles.fleet_config import build_fleet_config
-    from device_profiles.prepare import class_count, default_cache, export_artifact, prepare_data
+    from device_profiles.prepare import choose_family, class_count, default_cache, export_artifact, prepare_data
     from device_profiles.run_folder import RunFolder
 
     with tempfile.TemporaryDirectory(prefix="bench-fleet-warm-") as tmp:
         config = build_fleet_config(toml, {"out": Path(tmp)})
         folder = RunFolder(config.out)
         train, test, _ = prepare_data(config, folder)
-        export_artifact(config, train, class_count(train, test), folder, default_cache())
+        export_artifact(config, train, class_count(train, test), choose_family(config, train), folder,
+                        default_cache())
     return 0
 
 

@@ -19,6 +19,8 @@ from coordinator.pipeline_args import add_pipeline_arguments
 from coordinator.report import human_line
 from edge_runtime.argtypes import positive_float, positive_int
 from edge_runtime.broker_args import add_broker_arguments, stop_on_signals
+from edge_runtime.cli import show_progress
+from edge_runtime.mqtt import Backoff, ConnectCancelled
 
 CLI_ONLY = ("config", "command", "handler", "verbose", "json", "metrics_port", "metrics_host")
 
@@ -58,6 +60,9 @@ def register(subparsers: Any) -> None:
     evaluation.add_argument("--eval-every", type=int, help="federated evaluation every K rounds, 0: never (5)")
     evaluation.add_argument("--test-data", type=Path, help="held-out .npz/.csv evaluated after every commit")
     add_broker_arguments(p, defaults=False)
+    p.add_argument("--connect-timeout", type=positive_float, metavar="SECONDS",
+                   help="give up (exit 2) when the broker cannot be reached for this long at start; default: retry "
+                        "with backoff until stopped")
     output = p.add_argument_group("output (command line only)")
     output.add_argument("--json", action="store_true",
                         help="print each round's JSON line, as rounds.jsonl has it (the default when stdout is not "
@@ -79,16 +84,22 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args.config, options)
     metrics = CoordinatorMetrics() if args.metrics_port is not None else None
     as_json = args.json or not sys.stdout.isatty()
+    stop = stop_on_signals()
+    retry = Backoff(give_up_after_s=config.connect_timeout, stop=stop)  # a broker down at start is waited for
     coordinator = Coordinator(config, on_round=partial(print_line, as_json=as_json, rounds=config.rounds),
-                              on_wait=_print_wait, metrics=metrics)
+                              on_wait=_print_wait, metrics=metrics, retry=retry)
     print(f"coordinator: artifact {coordinator.artifact_id[:12]} ({coordinator.artifact.manifest.model_name}), "
           f"rounds {coordinator.state.next_round}..{config.rounds}, broker {config.broker}, "
           f"federation {config.federation}", file=sys.stderr)
+    show_progress("edge_runtime.mqtt")  # connected, or why not and when it tries again
     try:
         if metrics is not None:
             metrics.serve(args.metrics_port, args.metrics_host)
             print(f"coordinator: metrics at http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr)
-        state = coordinator.run(stop_on_signals())
+        state = coordinator.run(stop)
+    except ConnectCancelled:
+        print(f"coordinator: stopped before the broker {config.broker} was reached", file=sys.stderr)
+        return 0
     finally:
         if metrics is not None:
             metrics.close()

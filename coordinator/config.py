@@ -34,6 +34,7 @@ class CoordinatorConfig:
     password: str | None = None
     tls_ca: Path | None = None
     mqtt_version: str = "auto"
+    connect_timeout: float | None = None  # edgefl coordinator: give up a first connection after this; None: retry
     rounds: int = 10
     fraction: float = 0.1
     min_clients: int = 2
@@ -87,6 +88,8 @@ class CoordinatorConfig:
         want(self.eval_every >= 0, "eval-every", "an integer >= 0 (0: never)", self.eval_every)
         want(self.max_payload is None or self.max_payload > 0, "max-payload", "bytes > 0", self.max_payload)
         want(self.mqtt_version in ("auto", "5", "3.1.1"), "mqtt-version", "auto, 5 or 3.1.1", self.mqtt_version)
+        want(self.connect_timeout is None or self.connect_timeout > 0, "connect-timeout",
+             "seconds > 0 (or no value: retry until stopped)", self.connect_timeout)
         try:
             check_name(self.federation, "federation")
         except ProtocolError as exc:

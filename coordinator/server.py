@@ -30,7 +30,7 @@ from edge_runtime.broker_args import mqtt_options
 from edge_runtime.cli import native_logs_hidden
 from edge_runtime.codecs import get_codec
 from edge_runtime.manifest import MANIFEST_FILE
-from edge_runtime.mqtt import MqttConnection
+from edge_runtime.mqtt import Backoff, MqttConnection
 from edge_runtime.protocol import (
     Topics,
     artifact_id,
@@ -47,9 +47,11 @@ WAIT_NOTE_S = 30.0  # while the machine waits for devices, say why when it start
 class Coordinator:
     def __init__(self, config: CoordinatorConfig, *, clock: Clock = time.time,
                  on_round: Callable[[dict[str, Any]], None] | None = None,
-                 on_wait: Callable[[str], None] | None = None, metrics: CoordinatorMetrics | None = None) -> None:
+                 on_wait: Callable[[str], None] | None = None, metrics: CoordinatorMetrics | None = None,
+                 retry: Backoff | None = None) -> None:
         """``on_round`` gets each round line; ``on_wait`` why the next round waits for devices (default: an INFO
-        log line); ``metrics`` follows the round lines and the devices' statuses."""
+        log line); ``metrics`` follows the round lines and the devices' statuses; ``retry``: how a first
+        connection that fails is retried (None: ``run`` raises ``ConnectFailure`` at once)."""
         self.config = config
         self.clock = clock
         self.artifact = Artifact.load(config.artifact)
@@ -82,7 +84,8 @@ class Coordinator:
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
         options = mqtt_options(config.broker, f"edgefl-coordinator-{config.federation}", config.username,
-                               config.password, config.tls_ca, config.mqtt_version)  # type: ignore[arg-type]
+                               config.password, config.tls_ca, config.mqtt_version,  # type: ignore[arg-type]
+                               retry=retry)
         self._conn = MqttConnection(options, self.topics.coordinator_subscriptions(), self._receive,
                                     on_connect=self._republish)
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ from device_profiles.fleet_config import EMBEDDED, FleetConfig
 from device_profiles.prepare import (
     DeviceEntry,
     assign_devices,
+    check_artifact,
+    choose_family,
     class_count,
     default_cache,
     export_artifact,
@@ -41,6 +44,7 @@ from device_profiles.run_folder import RunFolder, write_json, writing
 from device_profiles.summary import FleetSummary, summarize
 from device_profiles.sync import FleetLink
 from device_profiles.worker import WorkerSpec
+from edge_runtime.artifact import Artifact
 from edge_runtime.data import Dataset
 from edge_runtime.mqtt import ProtocolChoice
 from edge_runtime.policy_file import load_policy
@@ -121,32 +125,57 @@ class _Inputs:
     test: Dataset
     parts: list[np.ndarray]
     entries: list[DeviceEntry]
+    family: str  # the model's: --model, the data's choice, or the artifact's
+    classes: int
+    artifact: Artifact | None  # --artifact's, checked against the data
 
 
 def _check_inputs(config: FleetConfig) -> _Inputs:
-    """Data against the model, profiles, mix and policy; nothing written yet."""
+    """Data against the model (or the artifact), profiles, mix and policy; nothing written yet."""
     train, test, parts = split_data(config)
     entries = assign_devices(config, load_profiles(config.profile_file), parts)
     if config.policy is not None:
         load_policy(config.policy)  # the workers read it again; a bad file is refused here, before they start
-    return _Inputs(train, test, parts, entries)
+    if config.artifact is not None:
+        artifact = check_artifact(config.artifact, train, test)
+        manifest = artifact.manifest
+        return _Inputs(train, test, parts, entries, manifest.family, manifest.num_classes, artifact)
+    return _Inputs(train, test, parts, entries, choose_family(config, train), class_count(train, test), None)
 
 
 def _prepare(config: FleetConfig, folder: RunFolder, inputs: _Inputs, note: Callable[[str], None]) -> int:
     """Write the run's inputs to its cleared folder; returns the number of classes."""
-    train, test, parts, entries = inputs.train, inputs.test, inputs.parts, inputs.entries
+    train, test, parts, entries, classes = inputs.train, inputs.test, inputs.parts, inputs.entries, inputs.classes
     write_config_toml(folder.config, config)
     save_data(config, folder, train, test, parts)
     save_devices(folder.devices, entries)
-    classes = class_count(train, test)
-    note(f"{config.dataset}: {len(train)} training examples over {len(parts)} devices ({config.partition}), "
-         f"{len(test)} held out; {classes} classes")
+    note(f"{config.dataset}: {len(train)} training examples over {len(parts)} devices ({_spread(config)}), "
+         f"{len(test)} {'in ' + str(config.test_data) if config.test_data else 'held out'} for testing; "
+         f"{classes} classes")
+    note(_model_text(config, inputs))
     if config.attack is not None:
         hostile = sum(1 for e in entries if e.attack is not None)
         note(f"{hostile} of {len(entries)} devices attack ({config.attack}); devices.json names them")
     if config.runs_coordinator:
-        export_artifact(config, train, classes, folder, default_cache())
+        export_artifact(config, train, classes, inputs.family, folder, default_cache())
     return classes
+
+
+def _spread(config: FleetConfig) -> str:
+    return "one file each" if Path(config.dataset).is_dir() else str(config.partition_spec)
+
+
+def _model_text(config: FleetConfig, inputs: _Inputs) -> str:
+    """Which model the run trains, and why that one."""
+    if inputs.artifact is not None:
+        manifest = inputs.artifact.manifest
+        return (f"model: {manifest.model_name} ({manifest.family}, {manifest.parameter_count} parameters) from "
+                f"{config.artifact}")
+    if config.model is None:
+        shape = tuple(inputs.train.x.shape[1:])
+        why = "images (height, width, channels)" if inputs.family == "cnn" else "not images"
+        return f"model: {inputs.family}, chosen for examples of shape {shape}, {why}; --model chooses another"
+    return f"model: {inputs.family}"
 
 
 def _shard_indices(config: FleetConfig) -> list[int]:

@@ -10,7 +10,19 @@ from typing import Any
 
 from coordinator.pipeline_args import add_pipeline_arguments
 from device_profiles.attacks import ATTACK_KINDS
-from device_profiles.fleet_config import MAX_DEVICES_PER_PROCESS, FleetConfig, build_fleet_config
+from device_profiles.fleet_config import (
+    DAY_SECONDS_PER_DEVICE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FILTERS,
+    DEFAULT_LR,
+    DEFAULT_PARTITION,
+    DEFAULT_TEST_FRACTION,
+    MAX_DEVICES_PER_PROCESS,
+    MIN_DAY_SECONDS,
+    NORMALIZE,
+    FleetConfig,
+    build_fleet_config,
+)
 from edge_runtime.argtypes import int_list, positive_float, positive_int
 
 DEFAULTS = FleetConfig()
@@ -30,7 +42,7 @@ def register(subparsers: Any) -> None:
     fleet.add_argument("--dataset", help="digits, breast_cancer, wine, a .npz/.csv file, or a folder of per-device "
                                          f"files ({DEFAULTS.dataset})")
     fleet.add_argument("--partition", help="iid, dirichlet:ALPHA, shards:K or quantity:SIGMA "
-                                           f"({DEFAULTS.partition})")
+                                           f"({DEFAULT_PARTITION}); not for a folder of per-device files")
     fleet.add_argument("--profiles", help="profile mix: NAME:WEIGHT,... or mixed (the default: phones, Pis and "
                                           "gateways)")
     fleet.add_argument("--profile-file", type=Path, help="TOML file of your own device profiles (added to the "
@@ -40,19 +52,30 @@ def register(subparsers: Any) -> None:
     fleet.add_argument("--min-examples", type=positive_int, help=f"examples per device at least "
                                                                  f"({DEFAULTS.min_examples})")
     fleet.add_argument("--test-fraction", type=positive_float, help="held-out share the coordinator evaluates "
-                                                                    f"({DEFAULTS.test_fraction})")
+                                                                    f"({DEFAULT_TEST_FRACTION}; of every file of "
+                                                                    "a folder)")
+    fleet.add_argument("--test-data", type=Path, help="a .npz/.csv test set of its own, evaluated after every "
+                                                      "commit; then nothing is held out of the devices' data")
     fleet.add_argument("--label-column", help=f"label column of a .csv ({DEFAULTS.label_column})")
     fleet.add_argument("--attack", metavar="KIND:FRACTION",
                        help=f"make that fraction of the devices hostile, KIND one of {', '.join(ATTACK_KINDS)} "
                             "(none)")
     model = p.add_argument_group("model")
-    model.add_argument("--model", choices=["mlp", "cnn"], help=f"model family ({DEFAULTS.model})")
+    model.add_argument("--artifact", type=Path, help="an artifact folder written by `edgefl export`, checked "
+                                                     "against the data, instead of one exported from the options "
+                                                     "below")
+    model.add_argument("--model", choices=["mlp", "cnn"], help="model family (default: cnn for images, mlp for "
+                                                               "anything else)")
     model.add_argument("--hidden", type=int_list, help="dense hidden sizes, e.g. 64,32 (mlp 64; cnn none)")
     model.add_argument("--filters", type=int_list, help="cnn: 3x3 conv filters per block "
-                                                                f"({','.join(map(str, DEFAULTS.filters))})")
-    model.add_argument("--batch-size", type=positive_int, help=f"training batch size ({DEFAULTS.batch_size})")
-    model.add_argument("--lr", type=positive_float, help=f"device learning rate, SGD ({DEFAULTS.lr})")
-    model.add_argument("--momentum", type=float, help=f"SGD momentum ({DEFAULTS.momentum})")
+                                                        f"({','.join(map(str, DEFAULT_FILTERS))})")
+    model.add_argument("--batch-size", type=positive_int, help=f"training batch size ({DEFAULT_BATCH_SIZE})")
+    model.add_argument("--lr", type=positive_float, help=f"device learning rate, SGD ({DEFAULT_LR}; with "
+                                                         "--artifact, the artifact's)")
+    model.add_argument("--momentum", type=float, help="SGD momentum (0.0)")
+    model.add_argument("--normalize", choices=NORMALIZE, help="standard: the model standardizes each feature by "
+                                                              "the training split's mean and std; none: inputs as "
+                                                              "they are (standard)")
     rounds = p.add_argument_group("rounds")
     rounds.add_argument("--rounds", type=positive_int, help=f"rounds ({DEFAULTS.rounds})")
     rounds.add_argument("--fraction", type=positive_float, help="goal = this fraction of eligible devices "
@@ -78,7 +101,8 @@ def register(subparsers: Any) -> None:
     running.add_argument("--speedup", help="simulated seconds per real second, e.g. 60, or max: no simulated "
                                            f"waiting at all ({DEFAULTS.speedup})")
     running.add_argument("--day-seconds", type=positive_float,
-                         help=f"with --speedup max, real seconds per simulated day ({DEFAULTS.day_seconds:g})")
+                         help=f"with --speedup max, real seconds per simulated day (default {DAY_SECONDS_PER_DEVICE:g} "
+                              f"per device, at least {MIN_DAY_SECONDS:g})")
     running.add_argument("--start-hour", type=float, help=f"simulated UTC hour the run starts at "
                                                               f"({DEFAULTS.start_hour:g})")
     running.add_argument("--processes", type=positive_int,

@@ -14,7 +14,7 @@ from typing import Any
 
 from coordinator.config import PIPELINE_OPTIONS, CoordinatorConfig
 from coordinator.errors import ConfigError
-from coordinator.options import build_options, want
+from coordinator.options import build_options, key_of, want
 from device_profiles.attacks import ATTACK_FORMAT, AttackSpec
 from device_profiles.clock import Speedup
 from device_profiles.partition import PartitionSpec, parse_partition
@@ -24,6 +24,20 @@ EMBEDDED = "embedded"
 # paho's network loop uses select(), which cannot watch file descriptors above 1024, and each connection holds
 # three: a process keeps well below that many devices, and more processes are started when needed.
 MAX_DEVICES_PER_PROCESS = 250
+DEFAULT_PARTITION = "dirichlet:0.5"
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_FILTERS = (16, 32)
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_LR = 0.05
+NORMALIZE = ("none", "standard")
+# Under --speedup max a simulated day lasts day-seconds of real time. A round's real time grows with the fleet
+# (1.2 to 5 s at 300 devices on a busy 2-core host), so the day does too: at 48 s (the old default), a
+# 300-device fleet's rounds took 2.5 simulated hours each, and over a quarter of the devices they selected were
+# interrupted as the availability slots turned.
+MIN_DAY_SECONDS = 48.0
+DAY_SECONDS_PER_DEVICE = 0.96
+# Options that shape the exported model: an artifact given with --artifact has its own.
+MODEL_OPTIONS = ("model", "hidden", "filters", "batch_size", "momentum", "normalize")
 
 
 @dataclass(frozen=True)
@@ -31,21 +45,24 @@ class FleetConfig:
     # the fleet
     devices: int = 50
     dataset: str = "digits"
-    partition: str = "dirichlet:0.5"
+    partition: str | None = None  # None: DEFAULT_PARTITION; refused for a folder of per-device files
     profiles: str = "mixed"
     profile_file: Path | None = None
     policy: Path | None = None
     min_examples: int = 1
-    test_fraction: float = 0.2
+    test_fraction: float | None = None  # None: DEFAULT_TEST_FRACTION, unless test_data is given
+    test_data: Path | None = None  # a held-out set of its own: nothing is held out of the devices' data
     label_column: str = DEFAULT_LABEL_COLUMN
     attack: str | None = None  # KIND:FRACTION of hostile devices (device_profiles.attacks); None: none
-    # the model
-    model: str = "cnn"
+    # the model: an exported artifact, or one exported from the options below (None: their defaults)
+    artifact: Path | None = None
+    model: str | None = None  # None: cnn for images (height, width, channels), mlp for anything else
     hidden: tuple[int, ...] | None = None
-    filters: tuple[int, ...] = (16, 32)
-    batch_size: int = 16
-    lr: float = 0.05
-    momentum: float = 0.0
+    filters: tuple[int, ...] | None = None
+    batch_size: int | None = None
+    lr: float | None = None  # None: DEFAULT_LR, or the artifact's own with --artifact
+    momentum: float | None = None
+    normalize: str | None = None  # none or standard (None: standard)
     # rounds
     rounds: int = 40
     fraction: float = 0.2
@@ -75,7 +92,7 @@ class FleetConfig:
     broker: str = EMBEDDED
     federation: str = "fleet"
     speedup: str | float = "max"
-    day_seconds: float = 48.0
+    day_seconds: float | None = None  # None: DAY_SECONDS_PER_DEVICE x devices, at least MIN_DAY_SECONDS
     start_hour: float = 0.0
     processes: int = 1
     shard: str = "1/1"
@@ -86,13 +103,9 @@ class FleetConfig:
     def __post_init__(self) -> None:
         want(self.devices >= 1, "devices", "an integer >= 1", self.devices)
         want(self.min_examples >= 1, "min-examples", "an integer >= 1", self.min_examples)
-        want(0 < self.test_fraction < 1, "test-fraction", "a fraction in (0, 1)", self.test_fraction)
-        want(self.model in ("mlp", "cnn"), "model", "mlp or cnn", self.model)
-        want(self.hidden is None or all(h >= 1 for h in self.hidden), "hidden", "sizes >= 1", self.hidden)
-        want(bool(self.filters) and all(f >= 1 for f in self.filters), "filters", "sizes >= 1", self.filters)
-        want(self.batch_size >= 1, "batch-size", "an integer >= 1", self.batch_size)
-        want(0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
-        want(self.day_seconds > 0, "day-seconds", "seconds > 0", self.day_seconds)
+        self._check_data_options()
+        self._check_model_options()
+        want(self.day_seconds is None or self.day_seconds > 0, "day-seconds", "seconds > 0", self.day_seconds)
         want(0 <= self.start_hour < 24, "start-hour", "an hour in [0, 24)", self.start_hour)
         want(self.processes >= 1, "processes", "an integer >= 1", self.processes)
         want(self.backend in (None, "ai_edge_litert", "tflite_runtime", "tensorflow"), "backend",
@@ -106,6 +119,26 @@ class FleetConfig:
              "a shared broker (--broker mqtt://...) when the fleet is split over several machines", self.shard)
         # The round and training options are the coordinator's: its own checks refuse a bad one, by the same name.
         self.coordinator_config(Path("artifact"), Path("state"), None, "mqtt://127.0.0.1", "auto", 1.0)
+
+    def _check_data_options(self) -> None:
+        want(self.test_fraction is None or 0 < self.test_fraction < 1, "test-fraction", "a fraction in (0, 1)",
+             self.test_fraction)
+        want(self.test_data is None or self.test_fraction is None, "test-fraction",
+             "no value when test-data is given (the test set is that file; nothing is held out of the devices)",
+             self.test_fraction)
+
+    def _check_model_options(self) -> None:
+        want(self.model in (None, "mlp", "cnn"), "model", "mlp or cnn", self.model)
+        want(self.hidden is None or all(h >= 1 for h in self.hidden), "hidden", "sizes >= 1", self.hidden)
+        want(self.filters is None or (bool(self.filters) and all(f >= 1 for f in self.filters)), "filters",
+             "sizes >= 1", self.filters)
+        want(self.batch_size is None or self.batch_size >= 1, "batch-size", "an integer >= 1", self.batch_size)
+        want(self.momentum is None or 0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
+        want(self.normalize in (None, *NORMALIZE), "normalize", " or ".join(NORMALIZE), self.normalize)
+        if self.artifact is not None:
+            for name in MODEL_OPTIONS:
+                want(getattr(self, name) is None, key_of(name), "no value when artifact is given (the artifact "
+                     "fixes the model; export another one to change it)", getattr(self, name))
 
     def coordinator_config(self, artifact: Path, state_dir: Path, test_data: Path | None, broker: str,
                            mqtt_version: str, clock_rate: float) -> CoordinatorConfig:
@@ -127,8 +160,9 @@ class FleetConfig:
 
     @property
     def partition_spec(self) -> PartitionSpec:
+        """The partition of a dataset to be split (a folder of per-device files has none)."""
         try:
-            return parse_partition(self.partition)
+            return parse_partition(self.partition or DEFAULT_PARTITION)
         except ValueError as exc:
             raise ConfigError("configuration", "partition", f"a valid spec ({exc})", self.partition) from None
 
@@ -174,13 +208,27 @@ class FleetConfig:
             return self.round_timeout
         return 5.0 if self.speedup_value.is_max else 600.0
 
+    @property
+    def day_length_s(self) -> float:
+        """Real seconds per simulated day under ``--speedup max``: ``day_seconds``, else one that grows with the
+        fleet."""
+        if self.day_seconds is not None:
+            return self.day_seconds
+        return max(MIN_DAY_SECONDS, DAY_SECONDS_PER_DEVICE * self.devices)
+
     def worker_processes(self, devices: int) -> int:
         """``processes``, or more if that would put over ``MAX_DEVICES_PER_PROCESS`` devices in one."""
         return max(self.processes, -(-devices // MAX_DEVICES_PER_PROCESS))
 
     @property
-    def hidden_sizes(self) -> tuple[int, ...]:
-        return self.hidden if self.hidden is not None else ((64,) if self.model == "mlp" else ())
+    def held_out_fraction(self) -> float:
+        """The share of the data held out for testing: none with ``test_data``."""
+        if self.test_data is not None:
+            return 0.0
+        return DEFAULT_TEST_FRACTION if self.test_fraction is None else self.test_fraction
+
+    def hidden_sizes(self, family: str) -> tuple[int, ...]:
+        return self.hidden if self.hidden is not None else ((64,) if family == "mlp" else ())
 
 
 def build_fleet_config(file: Path | None, overrides: Mapping[str, Any]) -> FleetConfig:

@@ -24,6 +24,7 @@ KINDS: dict[str, PartitionKind] = {kind: kind for kind in get_args(PartitionKind
 ACCEPTED_FORMS = ("iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), shards:K (whole K >= 1, e.g. shards:2), "
                   "quantity:SIGMA (SIGMA > 0, e.g. quantity:1.0)")
 FILE_FORMAT = "edgefl-partition"
+DEVICE_FILES = "device-files"  # a saved partition's spec when every device's data came as a file of its own
 
 
 @dataclass(frozen=True)
@@ -137,16 +138,19 @@ def _fill_small(parts: list[np.ndarray], min_size: int) -> list[np.ndarray]:
         parts[donor] = parts[donor][:-give]
 
 
-def save_partition(path: Path | str, parts: list[np.ndarray], spec: PartitionSpec, seed: int) -> None:
-    """Write ``device-00000``... index arrays plus a JSON ``metadata`` string to an ``.npz`` (no pickle)."""
-    meta = {"format": FILE_FORMAT, "version": 1, "spec": str(spec), "seed": int(seed), "devices": len(parts),
+def save_partition(path: Path | str, parts: list[np.ndarray], spec: PartitionSpec | None, seed: int) -> None:
+    """Write ``device-00000``... index arrays plus a JSON ``metadata`` string to an ``.npz`` (no pickle).
+
+    ``spec`` None: the devices' data came as they are, one file each (recorded as ``DEVICE_FILES``)."""
+    meta = {"format": FILE_FORMAT, "version": 1, "spec": DEVICE_FILES if spec is None else str(spec),
+            "seed": int(seed), "devices": len(parts),
             "examples": int(sum(np.asarray(p).size for p in parts))}
     arrays: dict[str, Any] = {f"device-{i:05d}": np.asarray(p, dtype=np.int64) for i, p in enumerate(parts)}
     with open(path, "wb") as handle:
         np.savez(handle, metadata=np.array([json.dumps(meta)]), **arrays)
 
 
-def load_partition(path: Path | str) -> tuple[list[np.ndarray], PartitionSpec, int]:
+def load_partition(path: Path | str) -> tuple[list[np.ndarray], PartitionSpec | None, int]:
     """Read what ``save_partition`` wrote, checking it still covers every example exactly once."""
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -154,7 +158,8 @@ def load_partition(path: Path | str) -> tuple[list[np.ndarray], PartitionSpec, i
             if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
                 raise DataError(path, f"metadata is not an {FILE_FORMAT} header; expected a file from save_partition")
             parts = [archive[f"device-{i:05d}"] for i in range(int(meta["devices"]))]
-            spec, seed, examples = parse_partition(str(meta["spec"])), int(meta["seed"]), int(meta["examples"])
+            spec = None if meta["spec"] == DEVICE_FILES else parse_partition(str(meta["spec"]))
+            seed, examples = int(meta["seed"]), int(meta["examples"])
     except (OSError, KeyError, IndexError, TypeError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(path, f"not a readable partition file ({exc}); expected a .npz written by save_partition") \
             from exc

@@ -23,18 +23,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from coordinator.errors import ConfigError
 from coordinator.options import key_of
 from device_profiles.availability import draw
-from device_profiles.datasets import load_dataset, load_device_folder, train_test_split
-from device_profiles.fleet_config import FleetConfig
+from device_profiles.datasets import checked, load_dataset, load_device_folder, train_test_split
+from device_profiles.fleet_config import DEFAULT_BATCH_SIZE, DEFAULT_FILTERS, DEFAULT_LR, FleetConfig
 from device_profiles.mix import assign, parse_mix
 from device_profiles.partition import partition, save_partition
 from device_profiles.profiles import DeviceProfile
 from device_profiles.run_folder import RunFolder, write_json
+from edge_runtime.artifact import Artifact
 from edge_runtime.cache import cache_home
-from edge_runtime.data import Dataset
-from edge_runtime.errors import DataError
-from edge_runtime.manifest import OptimizerConfig
+from edge_runtime.data import Dataset, read_arrays
+from edge_runtime.errors import ArtifactError, DataError
+from edge_runtime.manifest import MANIFEST_FILE, Manifest, OptimizerConfig
 
 if TYPE_CHECKING:
     from model_export.spec import ModelSpec
@@ -68,38 +70,83 @@ def split_data(config: FleetConfig) -> tuple[Dataset, Dataset, list[np.ndarray]]
     """Train and test sets and the per-device index arrays into the train set; nothing written yet."""
     source = Path(config.dataset)
     if source.is_dir():
+        if config.partition is not None:
+            raise ConfigError("configuration", "partition", "no value for a folder of per-device files (each "
+                              "file is one device's data, used as it is)", config.partition)
         train, test, parts = _from_device_files(config, source)
     else:
         data = load_dataset(config.dataset, config.label_column)
         try:
-            train, test = train_test_split(data, config.test_fraction, config.seed)
+            train, test = _hold_out(config, data)
             parts = partition(train.y, config.devices, config.partition_spec, config.seed, config.min_examples)
         except ValueError as exc:
             raise DataError(config.dataset, f"cannot split {len(data)} examples as asked: {exc}") from None
-    if config.model == "cnn" and train.x.ndim != 4:
-        raise DataError(config.dataset, f"examples have shape {train.x.shape[1:]}; --model cnn needs images "
-                                        "(height, width, channels); use --model mlp for this data")
+    if config.test_data is not None:
+        test = _test_set(config.test_data, config.label_column, train, config.dataset)
     return train, test, parts
+
+
+def _hold_out(config: FleetConfig, data: Dataset) -> tuple[Dataset, Dataset]:
+    """The stratified split, or all of ``data`` for training when the test set is a file of its own."""
+    if config.test_data is not None:
+        return data, Dataset(data.x[:0], data.y[:0])
+    return train_test_split(data, config.held_out_fraction, config.seed)
+
+
+def _test_set(path: Path, label_column: str, train: Dataset, dataset: str) -> Dataset:
+    test = checked(*read_arrays(path, label_column), source=path)
+    if test.x.shape[1:] != train.x.shape[1:]:
+        raise DataError(path, f"examples have shape {test.x.shape[1:]}; expected {train.x.shape[1:]} like the "
+                              f"training data ({dataset})")
+    return test
+
+
+def choose_family(config: FleetConfig, train: Dataset) -> str:
+    """``--model``, else the family the data's shape calls for: cnn for images, mlp for anything else."""
+    images = train.x.ndim == 4
+    if config.model is None:
+        return "cnn" if images else "mlp"
+    if config.model == "cnn" and not images:
+        raise DataError(config.dataset, f"examples have shape {train.x.shape[1:]}; --model cnn needs images "
+                                        "(height, width, channels); use --model mlp for this data (or leave "
+                                        "--model out: the fleet then chooses mlp for it)")
+    return config.model
+
+
+def check_artifact(path: Path, train: Dataset, test: Dataset) -> Artifact:
+    """The artifact of ``--artifact``, verified and checked against the data: input shape and classes."""
+    artifact = Artifact.load(path)
+    manifest = artifact.manifest
+    if manifest.input_shape != train.x.shape[1:]:
+        raise ArtifactError(path, f"takes input of shape {manifest.input_shape}; the data's examples have shape "
+                                  f"{train.x.shape[1:]}; expected an artifact exported for this data")
+    classes = class_count(train, test)
+    if classes > manifest.num_classes:
+        raise ArtifactError(path, f"has {manifest.num_classes} classes; the data has labels up to {classes - 1}; "
+                                  f"expected an artifact with at least {classes} classes")
+    return artifact
 
 
 def save_data(config: FleetConfig, folder: RunFolder, train: Dataset, test: Dataset, parts: list[np.ndarray]) -> None:
     for path, data in ((folder.train, train), (folder.test, test)):
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, x=data.x, y=data.y)
-    save_partition(folder.partition, parts, config.partition_spec, config.seed)
+    spec = None if Path(config.dataset).is_dir() else config.partition_spec  # per-device files: none
+    save_partition(folder.partition, parts, spec, config.seed)
 
 
 def _from_device_files(config: FleetConfig, source: Path) -> tuple[Dataset, Dataset, list[np.ndarray]]:
-    """One device per file, used as it is; ``test_fraction`` of each file is held out for the coordinator."""
+    """One device per file, used as it is; ``held_out_fraction`` of each file is held out for the coordinator
+    (none with ``--test-data``)."""
     devices = load_device_folder(source, config.label_column)
     if config.devices != len(devices):
         raise DataError(source, f"holds {len(devices)} device files but --devices is {config.devices}; "
                                 f"expected them to match (one device per file)")
-    rng = np.random.default_rng(config.seed)
+    rng, fraction = np.random.default_rng(config.seed), config.held_out_fraction
     train_x, train_y, test_x, test_y, parts, start = [], [], [], [], [], 0
     for data in devices:
         order = rng.permutation(len(data))
-        held = int(np.ceil(config.test_fraction * len(data))) if len(data) > 1 else 0
+        held = int(np.ceil(fraction * len(data))) if len(data) > 1 else 0
         test_x.append(data.x[order[:held]])
         test_y.append(data.y[order[:held]])
         keep = np.sort(order[held:])
@@ -107,8 +154,9 @@ def _from_device_files(config: FleetConfig, source: Path) -> tuple[Dataset, Data
         train_y.append(data.y[keep])
         parts.append(np.arange(start, start + keep.size, dtype=np.int64))
         start += keep.size
-    if not sum(len(y) for y in test_y):
-        raise DataError(source, "too few examples to hold any out for testing; expected files of 2 or more")
+    if fraction and not sum(len(y) for y in test_y):
+        raise DataError(source, "too few examples to hold any out for testing; expected files of 2 or more "
+                                "(or a test set of its own: --test-data)")
     return (Dataset(np.concatenate(train_x), np.concatenate(train_y)),
             Dataset(np.concatenate(test_x), np.concatenate(test_y)), parts)
 
@@ -141,15 +189,34 @@ def load_devices(path: Path) -> list[DeviceEntry]:
         raise DataError(path, f"not a device table written by edgefl fleet ({exc})") from None
 
 
-def export_artifact(config: FleetConfig, train: Dataset, classes: int, folder: RunFolder, cache: Path) -> Path:
-    """The model's artifact in ``folder.artifact``, exported once per distinct spec into ``cache``."""
+def export_artifact(config: FleetConfig, train: Dataset, classes: int, family: str, folder: RunFolder,
+                    cache: Path) -> Path:
+    """The model's artifact in ``folder.artifact``: ``--artifact``'s files, or exported once per distinct spec
+    into ``cache``."""
+    source = config.artifact if config.artifact is not None else _exported(config, train, classes, family, cache)
+    shutil.rmtree(folder.artifact, ignore_errors=True)
+    folder.artifact.mkdir(parents=True)
+    manifest = Manifest.read(source)
+    for name in (MANIFEST_FILE, manifest.tflite_file, manifest.weights_file):
+        shutil.copyfile(source / name, folder.artifact / name)
+    return folder.artifact
+
+
+def model_spec(config: FleetConfig, train: Dataset, classes: int, family: str) -> ModelSpec:
+    """The model the options describe, for ``train``'s examples."""
     from model_export.spec import ModelSpec, standardization
 
-    spec = ModelSpec(family=config.model, input_shape=tuple(train.x.shape[1:]), num_classes=classes,
-                     hidden=config.hidden_sizes, filters=config.filters, batch_size=config.batch_size,
-                     optimizer=OptimizerConfig("sgd", config.lr, momentum=config.momentum),
-                     normalization=standardization(train.x), seed=config.seed,
-                     name=f"fleet-{Path(config.dataset).stem}-{config.model}")
+    standard = (config.normalize or "standard") == "standard"
+    return ModelSpec(family=family, input_shape=tuple(train.x.shape[1:]), num_classes=classes,
+                     hidden=config.hidden_sizes(family), filters=config.filters or DEFAULT_FILTERS,
+                     batch_size=config.batch_size or DEFAULT_BATCH_SIZE,
+                     optimizer=OptimizerConfig("sgd", config.lr or DEFAULT_LR, momentum=config.momentum or 0.0),
+                     normalization=standardization(train.x) if standard else None, seed=config.seed,
+                     name=f"fleet-{Path(config.dataset).stem}-{family}")
+
+
+def _exported(config: FleetConfig, train: Dataset, classes: int, family: str, cache: Path) -> Path:
+    spec = model_spec(config, train, classes, family)
     cached = cache / hashlib.sha256(repr(spec).encode()).hexdigest()[:24]
     if not cached.is_dir():
         log.info("exporting %s (TensorFlow, builtin ops only)", spec.name)
@@ -161,9 +228,7 @@ def export_artifact(config: FleetConfig, train: Dataset, classes: int, folder: R
         with contextlib.suppress(OSError):  # a concurrent run exported the same model first
             os.replace(staging / "artifact", cached)
         shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(folder.artifact, ignore_errors=True)
-    shutil.copytree(cached, folder.artifact)
-    return folder.artifact
+    return cached
 
 
 def _export(spec: ModelSpec, out: Path, verbosity: int) -> None:

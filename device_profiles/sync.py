@@ -53,7 +53,7 @@ class FleetLink:
 
     def publish_clock(self, config: FleetConfig) -> SimClock:
         """Start the run's clock now and retain it for the other shards."""
-        clock = SimClock.starting_now(config.start_hour, config.speedup_value.rate(config.day_seconds))
+        clock = SimClock.starting_now(config.start_hour, config.speedup_value.rate(config.day_length_s))
         self._conn.publish(self.topics.fleet_clock, encode(FleetClock(clock.wall_start, clock.sim_start, clock.rate)),
                            retain=True)
         return clock

@@ -25,7 +25,8 @@ from edge_runtime.mqtt import (
     MqttConnection,
     MqttOptions,
 )
-from tests.federation_tools import Mosquitto, edgefl, free_port
+from tests.conftest import FederationFiles
+from tests.federation_tools import Mosquitto, coordinator_command, edgefl, free_port, start, stop, wait_until
 
 pytest.importorskip("cryptography")
 FAST_S = 5.0  # every named failure must be reported within this
@@ -201,3 +202,26 @@ def test_edgefl_device_retries_then_gives_up_with_the_cause(tmp_path: Path) -> N
     assert done.returncode == 2, done.stderr
     assert "connection refused" in done.stderr and "retrying in" in done.stderr and "gave up after" in done.stderr
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.broker
+def test_edgefl_coordinator_waits_for_a_broker_that_starts_later(
+        tmp_path: Path, broker_dir: Path, federation_files: FederationFiles, stop_processes: None) -> None:
+    broker = Mosquitto(broker_dir)  # its port is free: nothing listens yet
+    log = tmp_path / "coordinator.log"
+    proc = start(coordinator_command(federation_files, tmp_path, "late-broker", broker.url, "--rounds", "1"), log)
+    wait_until(lambda: "retrying in" in log.read_text(), 60, "the coordinator retrying")
+    assert "connection refused" in log.read_text() and proc.poll() is None
+    with broker:
+        wait_until(lambda: f"connected to {broker.url}" in log.read_text(), 60, "the coordinator connecting")
+        stop([proc])
+    assert proc.returncode == 0, log.read_text()
+
+
+def test_edgefl_coordinator_gives_up_after_its_connect_timeout(tmp_path: Path,
+                                                               federation_files: FederationFiles) -> None:
+    command = coordinator_command(federation_files, tmp_path, "no-broker", f"mqtt://127.0.0.1:{free_port()}",
+                                  "--connect-timeout", "3")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "connection refused" in done.stderr and "gave up after" in done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from coordinator.broker import free_port
 from device_profiles.fleet_config import build_fleet_config
 from device_profiles.partition import load_partition
+from tests.conftest import FederationFiles
 from tests.federation_tools import SYSTEM_BROKER
 
 pytestmark = pytest.mark.broker
@@ -127,3 +129,29 @@ def test_sigterm_stops_the_whole_fleet_and_leaves_no_process(tmp_path: Path) -> 
     assert not alive, [p.cmdline() for p in alive]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert not summary["completed"] and summary["rounds"] >= 1
+
+
+def test_the_users_experiment_runs_as_given(tmp_path: Path, federation_files: FederationFiles) -> None:
+    """Per-device files, a test set and an artifact of the user's own, on the embedded broker: the devices keep
+    every row, the coordinator evaluates the given test set, and the artifact is the one given."""
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    for path in federation_files.devices:
+        shutil.copy(path, sites)
+    policy = tmp_path / "anytime.toml"
+    policy.write_text("")  # no constraints: every device may train
+    out = tmp_path / "run"
+    done = fleet(out, "--dataset", str(sites), "--devices", str(len(federation_files.devices)), "--rounds", "2",
+                 "--test-data", str(federation_files.test), "--artifact", str(federation_files.artifact),
+                 "--policy", str(policy), "--profiles", "pi-5", "--round-interval", "0", "--min-clients", "2",
+                 "--min-reports", "1", "--fraction", "0.5")
+    assert done.returncode == 0, done.stderr
+    assert "model: digits-mlp (mlp, " in done.stderr and f"in {federation_files.test} for testing" in done.stderr
+    summary = check_run_folder(out, len(federation_files.devices), 2)
+    assert summary["config"]["artifact"] == str(federation_files.artifact)
+    with np.load(out / "data" / "test.npz") as test, np.load(federation_files.test) as given:
+        assert np.array_equal(test["y"], given["y"])
+    with np.load(out / "data" / "train.npz") as train:
+        assert len(train["y"]) == sum(len(np.load(f)["y"]) for f in federation_files.devices)
+    assert (out / "artifact" / "manifest.json").read_bytes() == \
+        (federation_files.artifact / "manifest.json").read_bytes()
