@@ -27,10 +27,10 @@ from coordinator.resume import initial_state
 from coordinator.server_state import ServerState
 from edge_runtime.artifact import Artifact
 from edge_runtime.broker_args import mqtt_options
-from edge_runtime.cli import native_logs_hidden
 from edge_runtime.codecs import get_codec
 from edge_runtime.manifest import MANIFEST_FILE
 from edge_runtime.mqtt import Backoff, MqttConnection
+from edge_runtime.native_logs import native_logs_hidden
 from edge_runtime.protocol import (
     Topics,
     artifact_id,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge_runtime.errors import BackendUnavailableError
+from edge_runtime.native_logs import first_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ class Interpreter(Protocol):
     """The part of the TFLite ``Interpreter`` API the runtime uses."""
 
     def get_signature_runner(self, signature_key: str | None = None) -> Any: ...
+
+    def allocate_tensors(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,13 @@ class Backend:
 
     def interpreter(self, model_content: bytes, num_threads: int | None = None) -> Interpreter:
         cls = self.load()
-        result: Interpreter = cls(model_content=model_content, num_threads=num_threads)
-        return result
+
+        def build() -> Interpreter:
+            built: Interpreter = cls(model_content=model_content, num_threads=num_threads)
+            built.allocate_tensors()  # where LiteRT applies (and announces) its CPU delegate
+            return built
+
+        return first_interpreter(build)
 
 
 BACKENDS = (

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.argtypes import int_list, positive_float, positive_int
-from edge_runtime.cli import native_logs_hidden
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, read_arrays
 from edge_runtime.manifest import OPTIMIZERS, Normalization, OptimizerConfig
+from edge_runtime.native_logs import native_logs_hidden
 from model_export.errors import ExportError, SpecError
 from model_export.spec import ModelSpec, standardization
 

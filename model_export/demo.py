@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.artifact import Artifact
-from edge_runtime.cli import native_logs_hidden
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, check_arrays
 from edge_runtime.manifest import Normalization, OptimizerConfig
+from edge_runtime.native_logs import native_logs_hidden
 from edge_runtime.train_cli import report_epochs
 from edge_runtime.trainer import Trainer
 from model_export.cli import load_exporter

@@ -129,3 +129,24 @@ def test_a_missing_backend_names_the_extra_to_install() -> None:
     forced, fallback = result.stdout.strip().splitlines()
     assert "'tflite_runtime' (forced) cannot be imported" in forced and "edgefl[legacy]" in forced
     assert fallback.startswith("no TFLite interpreter is installed") and "edgefl[device]" in fallback
+
+
+QUIET_SCRIPT = textwrap.dedent("""
+    import sys
+    from edge_runtime import Artifact, Trainer
+    from edge_runtime import native_logs
+    native_logs.show(sys.argv[2] == "shown")
+    for _ in range(2):
+        Trainer(Artifact.load(sys.argv[1]))
+    print("built", file=sys.stderr)
+""")
+
+
+@pytest.mark.parametrize("shown", [False, True])
+def test_litert_notes_its_cpu_delegate_only_when_asked(shown: bool, export) -> None:
+    artifact = export(ModelSpec("mlp", (4,), 2, hidden=(4,), batch_size=4, optimizer=OptimizerConfig("sgd", 0.1)))
+    done = subprocess.run([sys.executable, "-c", QUIET_SCRIPT, str(artifact), "shown" if shown else "hidden"],
+                          capture_output=True, text=True, cwd=ROOT, check=True,
+                          env={**os.environ, "EDGEFL_TFLITE_BACKEND": "ai_edge_litert"})
+    assert done.stderr.count("XNNPACK delegate") == int(shown)  # LiteRT says it once per process, if at all
+    assert done.stderr.rstrip().endswith("built")  # other stderr output is kept
