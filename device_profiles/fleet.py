@@ -83,7 +83,7 @@ def _run_fleet(config: FleetConfig, folder: RunFolder, inputs: _Inputs, on_round
                     link.clear_retained([e.id for e in entries])
     finally:
         stop_all(workers + brokers)
-    summary = summarize(config, folder, lines, entries, clock, classes)
+    summary = summarize(config, folder, lines, entries, clock, classes, inputs.family, _spread(config))
     write_json(folder.summary, summary.as_json())
     if lines:
         from device_profiles.report import run_report

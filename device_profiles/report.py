@@ -325,8 +325,8 @@ def run_title(summary: Mapping[str, Any]) -> str:
     from device_profiles.summary import AttackSummary
 
     config = summary["config"]
-    title = (f"edgefl fleet: {config['devices']} devices, {config['dataset']} {config['partition']}, "
-             f"{config['model']}, {config['profiles']}")
+    partition, model = summary.get("partition", config["partition"]), summary.get("model", config["model"])
+    title = f"edgefl fleet: {config['devices']} devices, {config['dataset']} {partition}, {model}, {config['profiles']}"
     if summary.get("attack") is None:
         return title
     attack = AttackSummary(**{**summary["attack"], "device_ids": tuple(summary["attack"]["device_ids"])})

@@ -65,6 +65,8 @@ class FleetSummary:
     best_accuracy: float | None
     best_round: int | None
     classes: int
+    model: str  # the family trained (--model, or the one the data's shape chose, or the given artifact's)
+    partition: str  # how the data was spread: the partition spec, or "one file each" for a folder of device files
     simulated_time_s: float
     wall_time_s: float
     mean_round_wall_s: float | None
@@ -86,7 +88,7 @@ class FleetSummary:
 
 
 def summarize(config: FleetConfig, folder: RunFolder, lines: Sequence[dict[str, Any]], entries: Sequence[DeviceEntry],
-              clock: SimClock, classes: int) -> FleetSummary:
+              clock: SimClock, classes: int, model: str, partition: str) -> FleetSummary:
     accuracies = [(line["round"], line["test"]["accuracy"]) for line in lines if line.get("test")]
     best = max(accuracies, key=lambda item: item[1], default=None)
     stats = _worker_stats(folder)
@@ -99,6 +101,7 @@ def summarize(config: FleetConfig, folder: RunFolder, lines: Sequence[dict[str, 
         abandoned=sum(1 for line in lines if line["status"] == "abandoned"),
         final_accuracy=accuracies[-1][1] if accuracies else None,
         best_accuracy=best[1] if best else None, best_round=best[0] if best else None, classes=classes,
+        model=model, partition=partition,
         simulated_time_s=round(clock.at(time.time()) - clock.sim_start, 1),
         wall_time_s=round(time.time() - clock.wall_start, 2),
         mean_round_wall_s=round(sum(line["duration_s"] for line in lines) / len(lines), 3) if lines else None,

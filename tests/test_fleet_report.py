@@ -265,3 +265,11 @@ def test_a_central_baseline_trains_the_runs_own_artifact_on_its_split(tmp_path: 
     assert baseline.accuracy >= 0.9
     with pytest.raises(EdgeflError, match=r"none/artifact: not a folder"):  # edgefl report: exit 2, this message
         central_baseline(RunFolder(tmp_path / "none"), epochs=1)
+
+
+def test_the_title_names_the_model_and_partition_the_run_resolved() -> None:
+    from device_profiles.report import run_title
+
+    config = {"devices": 50, "dataset": "digits", "partition": None, "model": None, "profiles": "mixed"}
+    summary = {"config": config, "model": "cnn", "partition": "dirichlet:0.5", "attack": None}
+    assert run_title(summary) == "edgefl fleet: 50 devices, digits dirichlet:0.5, cnn, mixed"
