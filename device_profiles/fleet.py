@@ -85,11 +85,36 @@ def _run_fleet(config: FleetConfig, folder: RunFolder, inputs: _Inputs, on_round
         stop_all(workers + brokers)
     summary = summarize(config, folder, lines, entries, clock, classes, inputs.family, _spread(config))
     write_json(folder.summary, summary.as_json())
+    for warning in time_warnings(config, lines, clock.sim_start):
+        note(warning)
     if lines:
         from device_profiles.report import run_report
 
         run_report(folder)
     return summary
+
+
+# Past these, waiting ate the simulated day: the first round started this late, or this share of rounds ran to
+# their deadline (a deadline round lasts round-timeout on the real clock while the availability clock runs on).
+LATE_START_H, DEADLINE_SHARE = 1.0, 0.25
+
+
+def time_warnings(config: FleetConfig, lines: list[dict[str, Any]], sim_start: float) -> list[str]:
+    """What to tell the user when start-up or deadline rounds consumed the simulated day, and which option helps."""
+    if not lines or not config.runs_coordinator:
+        return []
+    knob = (f"--day-seconds (now {config.day_length_s:g}) makes the simulated day last longer in real time"
+            if config.speedup_value.is_max else "a lower --speedup lets less simulated time pass per real second")
+    out = []
+    late_h = (lines[0].get("sim_time", sim_start) - sim_start) / 3600
+    if late_h > LATE_START_H:
+        out.append(f"the first round started {late_h:.1f} simulated hours after the run began (start-up and the "
+                   f"wait for eligible devices); {knob}")
+    deadline = sum(1 for line in lines if line.get("closed_by") == "deadline")
+    if deadline > DEADLINE_SHARE * len(lines):
+        out.append(f"{deadline} of {len(lines)} rounds ran to their deadline, while availability kept changing; "
+                   f"{knob}, and --round-timeout shortens the wait")
+    return out
 
 
 def _run(config: FleetConfig, folder: RunFolder, url: str, version: ProtocolChoice, link: FleetLink,
@@ -130,6 +155,15 @@ class _Inputs:
     artifact: Artifact | None  # --artifact's, checked against the data
 
 
+def _refuse_artifact_in_run_folder(config: FleetConfig) -> None:
+    """A run replaces its own files, ``artifact/`` among them: an --artifact inside --out would be deleted."""
+    assert config.artifact is not None
+    if config.artifact.resolve().is_relative_to(config.out.resolve()):
+        raise FleetError(f"--artifact {config.artifact} is inside the run folder {config.out}, whose files this run "
+                         "replaces; copy the artifact somewhere else first (e.g. cp -r "
+                         f"{config.artifact} ./my-artifact) and pass that")
+
+
 def _check_inputs(config: FleetConfig) -> _Inputs:
     """Data against the model (or the artifact), profiles, mix and policy; nothing written yet."""
     train, test, parts = split_data(config)
@@ -137,6 +171,7 @@ def _check_inputs(config: FleetConfig) -> _Inputs:
     if config.policy is not None:
         load_policy(config.policy)  # the workers read it again; a bad file is refused here, before they start
     if config.artifact is not None:
+        _refuse_artifact_in_run_folder(config)
         artifact = check_artifact(config.artifact, train, test)
         manifest = artifact.manifest
         return _Inputs(train, test, parts, entries, manifest.family, manifest.num_classes, artifact)

@@ -19,6 +19,7 @@ was expected. Example (``docs/DEPLOY.md`` explains each key)::
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import sys
@@ -105,7 +106,9 @@ def policy_from_mapping(data: Mapping[str, Any], source: object = "policy") -> P
             values.update(_network(value, source))
             continue
         if key not in _KEYS:
-            raise PolicyError(source, key, f"unknown key; expected one of: {', '.join([*_KEYS, 'network'])}")
+            close = difflib.get_close_matches(key, [*_KEYS, "network"], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join([*_KEYS, 'network'])}"
+            raise PolicyError(source, key, f"unknown key; {hint}")
         name, parse = _KEYS[key]
         try:
             values[name] = parse(value)

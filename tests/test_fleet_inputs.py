@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from coordinator.errors import ConfigError
+from device_profiles.errors import FleetError
 from device_profiles.fleet import run_fleet
 from device_profiles.fleet_config import FleetConfig, build_fleet_config
 from device_profiles.partition import load_partition
@@ -126,3 +127,27 @@ def test_the_simulated_day_grows_with_the_fleet() -> None:
     assert FleetConfig(devices=50).day_length_s == 48.0
     assert FleetConfig(devices=300).day_length_s == pytest.approx(288.0)
     assert FleetConfig(devices=300, day_seconds=30).day_length_s == 30.0
+
+
+def test_an_artifact_inside_the_run_folder_is_refused_and_kept(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    (out / "artifact").mkdir(parents=True)
+    (out / "artifact" / "manifest.json").write_text("{}")
+    config = FleetConfig(out=out, artifact=out / "artifact", devices=5)
+    with pytest.raises(FleetError, match="inside the run folder"):
+        run_fleet(config)
+    assert (out / "artifact" / "manifest.json").read_text() == "{}"
+
+
+def test_a_late_first_round_and_deadline_rounds_are_said_with_the_option_that_helps() -> None:
+    from device_profiles.fleet import time_warnings
+
+    config = FleetConfig(devices=300)
+    lines = [{"sim_time": 5.36 * 3600, "closed_by": "deadline"}, {"sim_time": 6 * 3600, "closed_by": "goal"},
+             {"sim_time": 7 * 3600, "closed_by": "deadline"}]
+    warnings = time_warnings(config, lines, 0.0)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("the first round started 5.4 simulated hours after the run began")
+    assert "--day-seconds (now 288)" in warnings[0]
+    assert warnings[1].startswith("2 of 3 rounds ran to their deadline")
+    assert time_warnings(config, [{"sim_time": 600.0, "closed_by": "goal"}], 0.0) == []

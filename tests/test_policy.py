@@ -236,7 +236,8 @@ unmetered-interfaces = ["wwan1"]
 
 
 @pytest.mark.parametrize(("text", "key", "problem"), [
-    ("require-charing = true", "require-charing", "unknown key; expected one of: require-charging"),
+    ("require-charing = true", "require-charing", "unknown key; did you mean 'require-charging'?"),
+    ("colour = 3", "colour", "unknown key; expected one of: require-charging"),
     ('require-charging = "yes"', "require-charging", "expected true or false, got 'yes'"),
     ("min-battery-percent = 120", "min-battery-percent", "expected a number >= 0 and <= 100, got 120"),
     ("max-cpu-percent = -1", "max-cpu-percent", "expected a number >= 0 and <= 100, got -1"),
