@@ -31,7 +31,17 @@ from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import Metrics
 from coordinator.evaluation_round import EvaluationRound
 from coordinator.report import round_line
-from coordinator.rounds import BAD_STATUS, LATE, NO_OPEN_ROUND, OpenRound, RoundOutcome, RoundPlan, Tally, Weighting
+from coordinator.rounds import (
+    BAD_STATUS,
+    IDENTITY_MISMATCH,
+    LATE,
+    NO_OPEN_ROUND,
+    OpenRound,
+    RoundOutcome,
+    RoundPlan,
+    Tally,
+    Weighting,
+)
 from coordinator.selection import goal_count, select, selection_size
 from coordinator.server_state import Arrays, ServerState
 from coordinator.strategies import Strategy
@@ -115,7 +125,7 @@ class RoundMachine:
         self._round: OpenRound | None = None
         self._evaluation: EvaluationRound | None = None
         self._started = _Started(0.0, 0.0)
-        self._phase_until = 0.0  # settling / fleet: real time the phase ends; training / evaluating: deadline
+        self._phase_until = 0.0  # fleet: real time the phase ends; training / evaluating: the deadline
         self._next_start = -float("inf")
         self._started_real = 0.0  # when start() was called (real time)
         self._last_status = -float("inf")  # when the last status arrived (real time)
@@ -132,14 +142,15 @@ class RoundMachine:
     def waiting_reason(self) -> str | None:
         """Why the next round cannot start for want of devices, as the operator should read it; None when it is
         not waiting for devices (a round runs, or only the round interval holds it back)."""
+        if self.phase not in ("fleet", "waiting"):  # asked after every message: no walk over the fleet mid-round
+            return None
         online = [s for s in self.registry.values() if s.online]
         number = self.state.next_round
         if self.phase == "fleet":
-            ready = sum(1 for s in online if s.artifact_id == self.state.artifact_id)
             return (f"round {number} waits for {self.config.expect_devices} devices to hold the model "
-                    f"({ready} do; {len(online)} online)")
+                    f"({self._holding_model()} do; {len(online)} online)")
         have = len(self.eligible())
-        if self.phase != "waiting" or have >= self.config.min_clients:
+        if have >= self.config.min_clients:
             return None
         refused = [s for s in online if not s.eligible]
         counts = Counter(reason for s in refused for reason in s.reasons)
@@ -155,7 +166,6 @@ class RoundMachine:
         self._publish(self.topics.artifact, self._bundle)
         self._publish_global()
         self._publish_state("waiting")
-        self._phase_until = now.real + SETTLE_S
         self._started_real = now.real
         return self._effects()
 
@@ -194,7 +204,7 @@ class RoundMachine:
     def _step(self, now: Now) -> None:
         if self.phase == "settling" and self._settled(now):
             self._withdraw(frozenset(self.registry))  # tasks a crashed predecessor left retained
-            self.phase, self._phase_until = "fleet", now.real + 60.0 + 0.05 * self.config.expect_devices
+            self.phase, self._phase_until = "fleet", now.real + self._fleet_wait_s()
         elif self.phase == "fleet":
             self._step_fleet(now)
         elif self.phase == "waiting":
@@ -214,18 +224,23 @@ class RoundMachine:
             log.warning("device statuses kept arriving for %.0f s; selecting from the %d received", SETTLE_MAX_S,
                         len(self.registry))
             return True
-        return now.real >= self._phase_until and now.real - self._last_status >= SETTLE_QUIET_S
+        return now.real >= self._started_real + SETTLE_S and now.real - self._last_status >= SETTLE_QUIET_S
 
     def _step_fleet(self, now: Now) -> None:
         """Until ``expect_devices`` devices say they hold this artifact, for at most a minute plus 50 ms per
         device of real time (fetching and verifying the model is the devices' real work, whatever the clock)."""
-        expected = self.config.expect_devices
-        ready = sum(1 for s in self.registry.values() if s.online and s.artifact_id == self.state.artifact_id)
+        expected, ready = self.config.expect_devices, self._holding_model()
         if ready >= expected or now.real >= self._phase_until:
             if ready < expected:
                 log.error("starting after %.0f s with %d of the %d expected devices holding the model",
-                          60.0 + 0.05 * expected, ready, expected)
+                          self._fleet_wait_s(), ready, expected)
             self._enter_waiting()
+
+    def _fleet_wait_s(self) -> float:
+        return 60.0 + 0.05 * self.config.expect_devices
+
+    def _holding_model(self) -> int:
+        return sum(1 for s in self.registry.values() if s.online and s.artifact_id == self.state.artifact_id)
 
     def _enter_waiting(self) -> None:
         if self.state.next_round > self.config.rounds:
@@ -330,7 +345,7 @@ class RoundMachine:
             return
         status: DeviceStatus = decode(payload, DeviceStatus)
         if status.device_id != device:
-            raise ProtocolError("identity_mismatch", f"status names device {status.device_id!r}")
+            raise ProtocolError(IDENTITY_MISMATCH, f"status names device {status.device_id!r}")
         self.registry[device] = status
 
     def _on_update(self, device: str, payload: bytes) -> None:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _POLL_S = 0.1
 INBOX_LIMIT = 8  # messages waiting for the coordinator's thread (at most this many updates held at once)
+DEVICE_GAUGES_S = 1.0  # the device gauges are set at most this often (scrapes come seconds apart)
 WAIT_NOTE_S = 30.0  # while the machine waits for devices, say why when it starts and then this often
 
 
@@ -79,6 +80,7 @@ class Coordinator:
         self._on_wait = on_wait or (lambda text: log.info("%s", text))
         self._waiting_noted = -float("inf")  # when the current wait for devices was last said; -inf: no wait
         self._metrics = metrics
+        self._devices_observed = -float("inf")  # when the device gauges were last set
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=INBOX_LIMIT)
         self._receiving = True
         self._retained: dict[str, bytes] = {}
@@ -152,7 +154,8 @@ class Coordinator:
         elif time.monotonic() >= self._waiting_noted + WAIT_NOTE_S:
             self._waiting_noted = time.monotonic()
             self._on_wait(reason)
-        if self._metrics is not None:
+        if self._metrics is not None and time.monotonic() >= self._devices_observed + DEVICE_GAUGES_S:
+            self._devices_observed = time.monotonic()  # a walk over the registry: not after every update
             self._metrics.observe_devices(self.machine.registry.values())
 
     def _carry_out(self, effects: list[Effect]) -> None:
