@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,7 +196,7 @@ def _prepare(config: FleetConfig, folder: RunFolder, inputs: _Inputs, note: Call
 
 
 def _spread(config: FleetConfig) -> str:
-    return "one file each" if Path(config.dataset).is_dir() else str(config.partition_spec)
+    return "one file each" if config.device_files else str(config.partition_spec)
 
 
 def _model_text(config: FleetConfig, inputs: _Inputs) -> str:

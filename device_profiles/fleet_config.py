@@ -159,6 +159,11 @@ class FleetConfig:
         return {name: getattr(self, name) for name in PIPELINE_OPTIONS if getattr(self, name) is not None}
 
     @property
+    def device_files(self) -> bool:
+        """Whether ``dataset`` is a folder of per-device files (each one device's data, used as it is)."""
+        return Path(self.dataset).is_dir()
+
+    @property
     def partition_spec(self) -> PartitionSpec:
         """The partition of a dataset to be split (a folder of per-device files has none)."""
         try:

@@ -68,12 +68,11 @@ def prepare_data(config: FleetConfig, folder: RunFolder) -> tuple[Dataset, Datas
 
 def split_data(config: FleetConfig) -> tuple[Dataset, Dataset, list[np.ndarray]]:
     """Train and test sets and the per-device index arrays into the train set; nothing written yet."""
-    source = Path(config.dataset)
-    if source.is_dir():
+    if config.device_files:
         if config.partition is not None:
             raise ConfigError("configuration", "partition", "no value for a folder of per-device files (each "
                               "file is one device's data, used as it is)", config.partition)
-        train, test, parts = _from_device_files(config, source)
+        train, test, parts = _from_device_files(config, Path(config.dataset))
     else:
         data = load_dataset(config.dataset, config.label_column)
         try:
@@ -131,7 +130,7 @@ def save_data(config: FleetConfig, folder: RunFolder, train: Dataset, test: Data
     for path, data in ((folder.train, train), (folder.test, test)):
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, x=data.x, y=data.y)
-    spec = None if Path(config.dataset).is_dir() else config.partition_spec  # per-device files: none
+    spec = None if config.device_files else config.partition_spec
     save_partition(folder.partition, parts, spec, config.seed)
 
 
