@@ -18,12 +18,13 @@ from typing import Any
 
 from edge_runtime.errors import ArtifactError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 TFLITE_FILE = "model.tflite"
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZERS = ("sgd", "adam")
-FAMILIES = ("mlp", "cnn")
+FAMILIES = ("mlp", "cnn")  # format 1 only: version 2 leaves the model's make-up to ``exporter``
 WEIGHT_DTYPES = ("float32",)
 REQUIRED_SIGNATURES = ("train", "evaluate", "infer", "get_weights", "set_weights")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -65,17 +66,22 @@ def _plain_file_name(value: object) -> bool:
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """One trainable tensor, in the order the model uses them."""
+    """One trainable tensor, in the order the model uses them.
+
+    A ``personal`` tensor is trained on the device and never leaves it (docs/ARTIFACT.md, section 6).
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
+    personal: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and isinstance(self.name, str), "weights[].name", "a non-empty string", self.name)
         _check(_positive_ints(self.shape), f"weights[{self.name}].shape", "a list of positive ints", self.shape)
         object.__setattr__(self, "shape", tuple(self.shape))
         _check(self.dtype in WEIGHT_DTYPES, f"weights[{self.name}].dtype", f"one of {WEIGHT_DTYPES}", self.dtype)
+        _check(isinstance(self.personal, bool), f"weights[{self.name}].personal", "true or false", self.personal)
 
     @property
     def size(self) -> int:
@@ -148,10 +154,13 @@ class SignatureSpec:
             object.__setattr__(self, name, tuple(values))
 
 
-def standard_signatures(weight_names: tuple[str, ...]) -> tuple[SignatureSpec, ...]:
-    """The five signatures of format 1, in ``REQUIRED_SIGNATURES`` order (docs/ARTIFACT.md, section 4)."""
+def standard_signatures(weight_names: tuple[str, ...], proximal: bool = False) -> tuple[SignatureSpec, ...]:
+    """The five signatures, in ``REQUIRED_SIGNATURES`` order (docs/ARTIFACT.md, section 4).
+
+    ``weight_names`` are every trainable tensor's, personal ones included; a ``proximal`` train takes ``mu``.
+    """
     return (
-        SignatureSpec("train", ("x", "y", "mask", "lr"), ("loss",)),
+        SignatureSpec("train", ("x", "y", "mask", "lr", "mu") if proximal else ("x", "y", "mask", "lr"), ("loss",)),
         SignatureSpec("evaluate", ("x", "y"), ("loss_sum", "correct")),
         SignatureSpec("infer", ("x",), ("logits",)),
         SignatureSpec("get_weights", ("unused",), weight_names),
@@ -161,7 +170,10 @@ def standard_signatures(weight_names: tuple[str, ...]) -> tuple[SignatureSpec, .
 
 @dataclass(frozen=True)
 class Architecture:
-    """How the exporter built the model: dense sizes, conv filters (cnn only), initial-weights seed."""
+    """Format 1's record of how the exporter built an mlp or cnn: dense sizes, conv filters, initial-weights seed.
+
+    Version 2 keeps it under ``exporter["architecture"]``; the runtime never reads it.
+    """
 
     hidden: tuple[int, ...] = ()
     filters: tuple[int, ...] = ()
@@ -177,10 +189,13 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Everything a device needs to load, verify and train an artifact."""
+    """Everything a device needs to load, verify and train an artifact (format 2; format 1 is read too).
+
+    ``weights`` lists every trainable tensor, personal ones flagged; ``exporter`` is the exporter's own
+    record of how it built the model (a family and its sizes, or the Keras layers), which no device reads.
+    """
 
     model_name: str
-    family: str
     tflite_sha256: str
     weights_sha256: str
     input_shape: tuple[int, ...]
@@ -190,24 +205,29 @@ class Manifest:
     optimizer: OptimizerConfig
     signatures: tuple[SignatureSpec, ...]
     tensorflow_version: str
-    normalization: Normalization | None = None
+    output_size: int = 0
+    proximal: bool = False
+    base_sha256: str | None = None
+    exporter: Mapping[str, Any] = field(default_factory=dict)
     input_dtype: str = "float32"
     label_dtype: str = "int32"
     tflite_file: str = TFLITE_FILE
     weights_file: str = WEIGHTS_FILE
     format_version: int = FORMAT_VERSION
-    architecture: Architecture = field(default_factory=Architecture)
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.format_version) and self.format_version == FORMAT_VERSION,
-               "format_version", str(FORMAT_VERSION), self.format_version)
+        _check(_is_int(self.format_version) and self.format_version in READABLE_VERSIONS, "format_version",
+               f"one of {READABLE_VERSIONS} (this runtime's formats; a newer artifact needs a newer edgefl)",
+               self.format_version)
         _check(isinstance(self.model_name, str) and bool(self.model_name), "model_name", "a non-empty string",
                self.model_name)
-        _check(self.family in FAMILIES, "family", f"one of {FAMILIES}", self.family)
         for name in ("tflite_sha256", "weights_sha256"):
             value = getattr(self, name)
             _check(isinstance(value, str) and _SHA256.fullmatch(value) is not None, name, "64 lowercase hex digits",
                    value)
+        _check(self.base_sha256 is None or (isinstance(self.base_sha256, str)
+                                            and _SHA256.fullmatch(self.base_sha256) is not None),
+               "base_sha256", "null or 64 lowercase hex digits", self.base_sha256)
         for name in ("tflite_file", "weights_file"):
             _check(_plain_file_name(getattr(self, name)), name, "a plain file name inside the artifact folder",
                    getattr(self, name))
@@ -215,21 +235,21 @@ class Manifest:
                "input_shape", "a non-empty list of positive ints", self.input_shape)
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         _check(_is_int(self.num_classes) and self.num_classes >= 2, "num_classes", "an int >= 2", self.num_classes)
+        if self.output_size == 0:
+            object.__setattr__(self, "output_size", self.num_classes)
+        _check(_is_int(self.output_size) and self.output_size >= 1, "output_size", "an int >= 1", self.output_size)
+        _check(isinstance(self.proximal, bool), "proximal", "true or false", self.proximal)
         _check(_is_int(self.train_batch_size) and self.train_batch_size >= 1,
                "train_batch_size", "an int >= 1", self.train_batch_size)
         _check(isinstance(self.tensorflow_version, str), "tensorflow_version", "a string", self.tensorflow_version)
+        _check(isinstance(self.exporter, Mapping), "exporter", "a JSON object", self.exporter)
         keys = [sig.key for sig in self.signatures]
         _check(all(k in keys for k in REQUIRED_SIGNATURES), "signatures", f"at least {REQUIRED_SIGNATURES}", keys)
-        _check(isinstance(self.architecture, Architecture), "architecture", "an object", self.architecture)
-        _check(len(self.weights) > 0, "weights", "at least one weight", self.weights)
+        _check(len(self.federated) > 0, "weights", "at least one weight that is not personal", self.weights)
         names = [w.name for w in self.weights]
         _check(len(set(names)) == len(names), "weights", "unique names", names)
         _check(self.input_dtype == "float32", "input_dtype", "'float32'", self.input_dtype)
         _check(self.label_dtype == "int32", "label_dtype", "'int32'", self.label_dtype)
-        if self.normalization is not None:
-            n = len(self.normalization.mean)
-            _check(n in (1, self.feature_count), "normalization",
-                   f"1 or {self.feature_count} values (one per feature)", n)
 
     @property
     def feature_count(self) -> int:
@@ -237,11 +257,28 @@ class Manifest:
 
     @property
     def weight_names(self) -> tuple[str, ...]:
+        """Every trainable tensor's name, personal ones included: what ``get_weights`` returns."""
         return tuple(w.name for w in self.weights)
 
     @property
+    def federated(self) -> tuple[WeightSpec, ...]:
+        """The tensors that travel: in updates and in the global model."""
+        return tuple(w for w in self.weights if not w.personal)
+
+    @property
+    def personal(self) -> tuple[WeightSpec, ...]:
+        """The tensors trained on the device that never leave it."""
+        return tuple(w for w in self.weights if w.personal)
+
+    @property
     def parameter_count(self) -> int:
-        return sum(w.size for w in self.weights)
+        """Parameters that travel (personal ones excluded)."""
+        return sum(w.size for w in self.federated)
+
+    @property
+    def family(self) -> str:
+        """The exporter's name for the model (``mlp``, ``cnn``, ``keras``), for people; ``custom`` if unnamed."""
+        return str(self.exporter.get("family", "custom"))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -254,23 +291,21 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         _check(isinstance(data, Mapping), "<root>", "a JSON object", type(data).__name__)
+        version = data.get("format_version", 1)
+        _check(_is_int(version) and version in READABLE_VERSIONS, "format_version",
+               f"one of {READABLE_VERSIONS} (this runtime's formats; a newer artifact needs a newer edgefl)", version)
+        fields = _from_version_1(data) if version == 1 else dict(data)
         known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(fields) - known)
         _check(not unknown, "<root>", f"only known fields {sorted(known)}", unknown)
-        missing = sorted(f for f in ("model_name", "family", "tflite_sha256", "weights_sha256", "input_shape",
-                                      "num_classes",
+        missing = sorted(f for f in ("model_name", "tflite_sha256", "weights_sha256", "input_shape", "num_classes",
                                       "train_batch_size", "weights", "optimizer", "signatures",
-                                      "tensorflow_version") if f not in data)
+                                      "tensorflow_version") if f not in fields)
         _check(not missing, "<root>", "every required field", f"missing {missing}")
         try:
-            fields = dict(data)
-            fields["weights"] = tuple(WeightSpec(**w) for w in data["weights"])
-            fields["optimizer"] = OptimizerConfig(**data["optimizer"])
-            fields["signatures"] = tuple(SignatureSpec(**s) for s in data["signatures"])
-            if data.get("normalization") is not None:
-                fields["normalization"] = Normalization(**data["normalization"])
-            if "architecture" in data:
-                fields["architecture"] = Architecture(**data["architecture"])
+            fields["weights"] = tuple(WeightSpec(**w) for w in fields["weights"])
+            fields["optimizer"] = OptimizerConfig(**fields["optimizer"])
+            fields["signatures"] = tuple(SignatureSpec(**s) for s in fields["signatures"])
             return cls(**fields)
         except (TypeError, KeyError, AttributeError) as exc:
             raise ArtifactError(None, f"malformed manifest: {exc}") from exc
@@ -290,6 +325,29 @@ class Manifest:
             raise ManifestError(path, exc.field_name, exc.expected, exc.found) from None
         except ArtifactError as exc:
             raise ArtifactError(path, exc.problem) from None
+
+
+_VERSION_1_ONLY = ("family", "normalization", "architecture")
+
+
+def _from_version_1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A format-1 manifest's fields in format 2's layout: the family, normalization and architecture, checked
+    as version 1 checked them, move under ``exporter``."""
+    fields = {k: v for k, v in data.items() if k not in _VERSION_1_ONLY}
+    _check("family" in data, "<root>", "every required field", "missing ['family']")
+    _check(data["family"] in FAMILIES, "family", f"one of {FAMILIES}", data["family"])
+    exporter: dict[str, Any] = {"family": data["family"]}
+    try:
+        if data.get("normalization") is not None:
+            Normalization(**data["normalization"])
+            exporter["normalization"] = dict(data["normalization"])
+        if "architecture" in data:
+            Architecture(**data["architecture"])
+            exporter["architecture"] = dict(data["architecture"])
+    except TypeError as exc:
+        raise ArtifactError(None, f"malformed manifest: {exc}") from exc
+    fields["exporter"] = exporter
+    return fields
 
 
 def _is_number(value: object) -> bool:

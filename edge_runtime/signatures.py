@@ -17,24 +17,27 @@ Details = dict[str, dict[str, Any]]
 
 def signature_mismatches(manifest: Manifest, runner: Callable[[str], Any]) -> list[str]:
     """Every way the signatures of ``runner(key)`` differ from ``manifest``; empty when they agree."""
-    batch, shape, classes = manifest.train_batch_size, manifest.input_shape, manifest.num_classes
+    batch, shape, outputs = manifest.train_batch_size, manifest.input_shape, manifest.output_size
     weights = {w.name: w.shape for w in manifest.weights}
+    train: dict[str, tuple[int, ...]] = {"x": (batch, *shape), "y": (batch,), "mask": (batch,), "lr": ()}
+    if manifest.proximal:
+        train["mu"] = ()
     expected: dict[str, tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]] = {
-        "train": ({"x": (batch, *shape), "y": (batch,), "mask": (batch,), "lr": ()}, {"loss": ()}),
+        "train": (train, {"loss": ()}),
         "evaluate": ({"x": (-1, *shape), "y": (-1,)}, {"loss_sum": (), "correct": ()}),
-        "infer": ({"x": (-1, *shape)}, {"logits": (-1, classes)}),
+        "infer": ({"x": (-1, *shape)}, {"logits": (-1, outputs)}),
         "get_weights": ({"unused": ()}, weights),
         "set_weights": (weights, {"ok": ()}),
     }
     problems: list[str] = []
-    for key, (inputs, outputs) in expected.items():
+    for key, (ins, outs) in expected.items():
         try:
             signature = runner(key)
         except ValueError:
             problems.append(f"no signature {key!r}")
             continue
-        problems += _compare(f"{key} input", signature.get_input_details(), inputs)
-        problems += _compare(f"{key} output", signature.get_output_details(), outputs)
+        problems += _compare(f"{key} input", signature.get_input_details(), ins)
+        problems += _compare(f"{key} output", signature.get_output_details(), outs)
     return problems
 
 

@@ -56,6 +56,7 @@ class Trainer:
         self._runners: dict[str, Any] = {}
         self._full_mask = np.ones((self.manifest.train_batch_size,), np.float32)
         self._default_lr = np.float32(self.manifest.optimizer.learning_rate)
+        self._mu = np.float32(0.0)
         problems = signature_mismatches(self.manifest, self._runner)
         if problems:
             raise ArtifactError(artifact.folder, "model.tflite does not match its manifest: " + "; ".join(problems))
@@ -67,16 +68,25 @@ class Trainer:
         return self._runners[key]
 
     def get_weights(self) -> Weights:
+        """Every trainable tensor, personal ones included."""
         out = self._runner("get_weights")(unused=np.float32(0))
         return {name: np.array(out[name]) for name in self.manifest.weight_names}
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Replace the weights and reset the optimizer state (and a proximal artifact's anchors).
+
+        Given only the travelling weights (a global model), the personal ones keep their current values.
+        """
+        personal = self.manifest.personal
+        if personal and not any(w.name in weights for w in personal):
+            current = self.get_weights()
+            weights = {**weights, **{w.name: current[w.name] for w in personal}}
         checked = check_weights(weights, self.manifest.weights)
         self._runner("set_weights")(**checked)
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None, steps: int | None = None,
             lr: float | None = None, seed: int = 0, on_step: StepCallback | None = None,
-            max_examples: int | None = None) -> TrainResult:
+            max_examples: int | None = None, mu: float = 0.0) -> TrainResult:
         """Train for ``epochs`` passes or exactly ``steps`` batches (give one of them).
 
         With ``max_examples``, an epoch is a seeded sample of at most that many
@@ -86,6 +96,9 @@ class Trainer:
         Batches are drawn from a seeded shuffle, reshuffled every epoch. A short
         last batch is padded and masked, so every example is trained on once
         per epoch and padding contributes nothing to the gradient.
+
+        ``mu`` > 0 adds FedProx's proximal term, pulling the travelling weights towards the values last set
+        by ``set_weights``; it needs a proximal artifact (``manifest.proximal``).
         """
         if (epochs is None) == (steps is None):
             raise EdgeRuntimeError(f"give exactly one of epochs or steps, got epochs={epochs}, steps={steps}")
@@ -95,6 +108,7 @@ class Trainer:
             raise EdgeRuntimeError(f"max_examples must be >= 1, got {max_examples}")
         data = check_arrays(x, y, self.manifest)
         _check_lr(lr)
+        self._mu = self._check_mu(mu)
         per_epoch = min(len(data), max_examples or len(data))
         total_steps = steps if steps is not None else (epochs or 0) * self.steps_per_epoch(per_epoch)
         started = time.perf_counter()
@@ -112,7 +126,7 @@ class Trainer:
                                    "and set the weights again before training further")
         return TrainResult(examples_seen=seen, steps=total_steps, mean_loss=loss_sum / max(seen, 1), wall_time_s=wall)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> float:
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None, mu: float = 0.0) -> float:
         """One optimizer step on 1..``train_batch_size`` rows; returns their mean loss.
 
         Fewer rows than the batch size are padded with zeros and masked out,
@@ -120,10 +134,20 @@ class Trainer:
         """
         data = check_arrays(x, y, self.manifest)
         _check_lr(lr)
+        self._mu = self._check_mu(mu)
         if len(data) > self.manifest.train_batch_size:
             raise EdgeRuntimeError(f"train_step got {len(data)} rows; expected at most "
                                    f"{self.manifest.train_batch_size} (the artifact's train batch size)")
         return self._step(data.x, data.y, lr)
+
+    def _check_mu(self, mu: float) -> np.float32:
+        if not (np.isfinite(mu) and mu >= 0):
+            raise EdgeRuntimeError(f"proximal coefficient mu {mu!r}: expected a finite number >= 0")
+        if mu > 0 and not self.manifest.proximal:
+            raise EdgeRuntimeError(f"mu = {mu} asks for FedProx's proximal term, but artifact "
+                                   f"{self.manifest.model_name!r} was exported without one (its train signature "
+                                   "takes no mu); re-export it with this edgefl, or train with mu = 0")
+        return np.float32(mu)
 
     def steps_per_epoch(self, examples: int) -> int:
         return -(-examples // self.manifest.train_batch_size)
@@ -137,7 +161,10 @@ class Trainer:
             x = np.concatenate([x, np.zeros((batch - count, *x.shape[1:]), np.float32)])
             y = np.concatenate([y, np.zeros((batch - count,), np.int32)])
         rate = self._default_lr if lr is None else np.float32(lr)
-        loss = float(self._runner("train")(x=x, y=y, mask=mask, lr=rate)["loss"])
+        inputs = {"x": x, "y": y, "mask": mask, "lr": rate}
+        if self.manifest.proximal:
+            inputs["mu"] = self._mu
+        loss = float(self._runner("train")(**inputs)["loss"])
         if not np.isfinite(loss):
             raise EdgeRuntimeError(f"training diverged: loss is {loss}; lower the learning rate")
         return loss

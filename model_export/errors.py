@@ -26,3 +26,13 @@ class UnsupportedOpsError(ExportError):
             f"(a stock interpreter cannot run them): {', '.join(ops)}"
         )
         self.ops = ops
+
+
+class UnsupportedModelError(ExportError):
+    """A Keras model uses layers, activations, a loss or configurations that cannot be exported builtin-only."""
+
+    def __init__(self, model_name: str, problems: list[str]) -> None:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"Keras model {model_name!r} cannot be exported ({len(problems)} problem"
+                         f"{'s' if len(problems) != 1 else ''}; docs/ARTIFACT.md lists what is supported):\n{listed}")
+        self.problems = problems

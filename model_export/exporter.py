@@ -7,15 +7,19 @@ import logging
 import math
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from edge_runtime.manifest import MANIFEST_FILE, Architecture, Manifest, standard_signatures
+from edge_runtime.manifest import MANIFEST_FILE, Manifest, standard_signatures
 from edge_runtime.weights import weights_to_bytes
 from model_export.convert import convert
 from model_export.errors import ExportError
+from model_export.graph_model import GraphModel
+from model_export.layers import forward
+from model_export.losses import sparse_categorical
 from model_export.module import TrainableModule
 from model_export.spec import ModelSpec, weight_specs
 
@@ -37,33 +41,52 @@ def initial_weights(spec: ModelSpec) -> dict[str, np.ndarray]:
     return weights
 
 
+def family_graph(spec: ModelSpec) -> GraphModel:
+    """A built-in family (mlp, cnn) as a graph model: every weight trainable and travelling, cross-entropy of logits."""
+    exporter: dict[str, object] = {"family": spec.family,
+                                   "architecture": {"hidden": list(spec.hidden),
+                                                    "filters": list(spec.filters) if spec.family == "cnn" else [],
+                                                    "seed": spec.seed}}
+    if spec.normalization is not None:
+        exporter["normalization"] = asdict(spec.normalization)
+    return GraphModel(name=spec.name, input_shape=spec.input_shape, num_classes=spec.num_classes,
+                      output_size=spec.num_classes, batch_size=spec.batch_size, optimizer=spec.optimizer,
+                      weights=weight_specs(spec), initial=initial_weights(spec),
+                      forward=lambda weights, x, training: forward(spec, weights, x),
+                      loss=sparse_categorical(spec.num_classes, from_logits=True), exporter=exporter)
+
+
 def export_model(spec: ModelSpec, out_dir: Path | str) -> Manifest:
-    """Convert ``spec`` to an artifact folder and return its manifest.
+    """Export a built-in family to an artifact folder; see ``export_graph``."""
+    return export_graph(family_graph(spec), out_dir)
+
+
+def export_graph(graph: GraphModel, out_dir: Path | str) -> Manifest:
+    """Convert ``graph`` to an artifact folder and return its manifest.
 
     The folder is written beside its destination and moved into place when
     complete; an existing artifact there is replaced, anything else is refused.
     """
     out = Path(out_dir)
     _check_destination(out)
-    initial = initial_weights(spec)
-    module = TrainableModule(spec, initial)
+    module = TrainableModule(graph)
     flatbuffer = convert(module)
-    weights_bytes = weights_to_bytes(initial)
+    weights_bytes = weights_to_bytes(dict(graph.initial))
     manifest = Manifest(
-        model_name=spec.name,
-        family=spec.family,
+        model_name=graph.name,
         tflite_sha256=hashlib.sha256(flatbuffer).hexdigest(),
         weights_sha256=hashlib.sha256(weights_bytes).hexdigest(),
-        input_shape=spec.input_shape,
-        num_classes=spec.num_classes,
-        train_batch_size=spec.batch_size,
-        weights=weight_specs(spec),
-        optimizer=spec.optimizer,
-        signatures=standard_signatures(tuple(w.name for w in module.weight_specs)),
+        input_shape=graph.input_shape,
+        num_classes=graph.num_classes,
+        output_size=graph.output_size,
+        train_batch_size=graph.batch_size,
+        weights=graph.weights,
+        optimizer=graph.optimizer,
+        signatures=standard_signatures(tuple(w.name for w in graph.weights), graph.proximal),
         tensorflow_version=tf.__version__,
-        normalization=spec.normalization,
-        architecture=Architecture(hidden=spec.hidden, filters=spec.filters if spec.family == "cnn" else (),
-                                  seed=spec.seed),
+        proximal=graph.proximal,
+        base_sha256=graph.base_sha256,
+        exporter=dict(graph.exporter),
     )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -128,12 +128,6 @@ def forward(spec: ModelSpec, weights: Mapping[str, Tensor], x: Tensor) -> Tensor
     return x
 
 
-def cross_entropy(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Per-example cross-entropy as ``-sum(one_hot * log_softmax)``."""
-    log_probs = logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
-    return -tf.reduce_sum(tf.one_hot(labels, num_classes, dtype=logits.dtype) * log_probs, axis=-1)
-
-
 def _norm_shape(spec: ModelSpec) -> list[int]:
     assert spec.normalization is not None
     if len(spec.normalization.mean) == 1:

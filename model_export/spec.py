@@ -78,11 +78,17 @@ class ModelSpec:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> ModelSpec:
-        """The spec an artifact was exported from, rebuilt from its manifest."""
-        arch = manifest.architecture
-        spec = cls(family=manifest.family, input_shape=manifest.input_shape, num_classes=manifest.num_classes,
-                   hidden=arch.hidden, filters=arch.filters, batch_size=manifest.train_batch_size,
-                   optimizer=manifest.optimizer, normalization=manifest.normalization, seed=arch.seed,
+        """The spec a built-in family's artifact was exported from, rebuilt from the exporter's record in it."""
+        record = manifest.exporter
+        if record.get("family") not in FAMILIES:
+            raise SpecError("exporter.family", f"one of {FAMILIES} (an artifact of a built-in family)",
+                            record.get("family"))
+        arch = record.get("architecture", {})
+        norm = record.get("normalization")
+        spec = cls(family=record["family"], input_shape=manifest.input_shape, num_classes=manifest.num_classes,
+                   hidden=tuple(arch.get("hidden", ())), filters=tuple(arch.get("filters", ())) or (16, 32),
+                   batch_size=manifest.train_batch_size, optimizer=manifest.optimizer,
+                   normalization=None if norm is None else Normalization(**norm), seed=arch.get("seed", 0),
                    name=manifest.model_name)
         if weight_specs(spec) != manifest.weights:
             raise SpecError("weights", f"the manifest's weights {manifest.weight_names}",

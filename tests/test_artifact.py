@@ -149,7 +149,7 @@ def test_tampered_initial_weights_are_refused(artifact_copy) -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("num_classes", 10, r"infer output 'logits' has shape \(-1, 4\), expected \(-1, 10\)"),
+    ("output_size", 10, r"infer output 'logits' has shape \(-1, 4\), expected \(-1, 10\)"),
     ("train_batch_size", 16, r"train input 'x' has shape \(8, 8, 8, 1\), expected \(16, 8, 8, 1\)"),
 ])
 def test_a_manifest_that_disagrees_with_the_model_is_refused(artifact_copy, field, value, message) -> None:
@@ -166,7 +166,8 @@ def test_a_manifest_that_disagrees_with_the_model_is_refused(artifact_copy, fiel
     ("tflite_sha256", "Z" * 64, "64 lowercase hex digits"),
     ("input_shape", [], "a non-empty list of positive ints"),
     ("signatures", [{"key": "train", "inputs": "xyz", "outputs": ["loss"]}], "a list of non-empty strings"),
-    ("normalization", {"mean": ["a"], "std": [1]}, r"'normalization\.mean': expected a list of finite numbers"),
+    ("format_version", 3, r"one of \(1, 2\) \(this runtime's formats; a newer artifact needs a newer edgefl\)"),
+    ("exporter", [1], "a JSON object"),
 ])
 def test_bad_manifest_values_are_named(artifact_copy, field, value, message) -> None:
     _edit_manifest(artifact_copy, field, value)
@@ -203,3 +204,24 @@ def _edit_manifest(folder: Path, field: str, value: object) -> None:
     data = json.loads(path.read_text())
     data[field] = value
     path.write_text(json.dumps(data))
+
+
+def test_a_format_1_artifact_still_loads_and_trains() -> None:
+    """tests/data/artifact-format-1 was exported by edgefl before format 2 (commit ac28ff1), unchanged since."""
+    from edge_runtime.trainer import Trainer
+
+    folder = Path(__file__).parent / "data" / "artifact-format-1"
+    assert json.loads((folder / "manifest.json").read_text())["format_version"] == 1
+    artifact = Artifact.load(folder)
+    manifest = artifact.manifest
+    assert (manifest.format_version, manifest.family, manifest.proximal) == (1, "mlp", False)
+    assert manifest.exporter["architecture"] == {"hidden": [5], "filters": [], "seed": 0}
+    assert manifest.output_size == 3 and manifest.personal == ()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+    trainer = Trainer(artifact)
+    before = trainer.evaluate(x, y).loss
+    trainer.fit(x, y, epochs=20)
+    assert trainer.evaluate(x, y).loss < before
+    with pytest.raises(Exception, match="exported without one"):
+        trainer.fit(x, y, epochs=1, mu=0.1)

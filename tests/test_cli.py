@@ -39,7 +39,7 @@ def test_export_then_train_local_on_csv(tmp_path, breast_cancer) -> None:
     assert exported.returncode == 0, exported.stderr
     assert "builtin ops only" in exported.stdout
     manifest = json.loads((artifact / "manifest.json").read_text())
-    assert len(manifest["normalization"]["mean"]) == 30
+    assert len(manifest["exporter"]["normalization"]["mean"]) == 30
 
     trained = edgefl("train-local", "--artifact", str(artifact), "--data", str(tmp_path / "train.csv"),
                      "--test-data", str(tmp_path / "test.csv"), "--epochs", "5", "--json",

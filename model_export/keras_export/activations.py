@@ -1,0 +1,113 @@
+"""Keras activations written so that their gradients are TFLite builtins.
+
+TensorFlow's own gradients of relu, sigmoid and tanh are ``ReluGrad``, ``SigmoidGrad`` and
+``TanhGrad``, none of which is a builtin; each activation here carries its gradient as products and
+comparisons instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from model_export.layers import relu
+
+Tensor = Any
+
+
+@tf.custom_gradient
+def relu6(x: Tensor) -> tuple[Tensor, Any]:
+    inside = tf.cast(tf.logical_and(x > 0, x < 6), x.dtype)
+
+    def grad(upstream: Tensor) -> Tensor:
+        return upstream * inside
+
+    return tf.minimum(tf.maximum(x, 0.0), 6.0), grad
+
+
+def leaky_relu(slope: float) -> Callable[[Tensor], Tensor]:
+    @tf.custom_gradient
+    def activation(x: Tensor) -> tuple[Tensor, Any]:
+        factor = tf.where(x > 0, tf.ones_like(x), tf.fill(tf.shape(x), tf.constant(slope, x.dtype)))
+
+        def grad(upstream: Tensor) -> Tensor:
+            return upstream * factor
+
+        return x * factor, grad
+
+    return activation
+
+
+@tf.custom_gradient
+def sigmoid(x: Tensor) -> tuple[Tensor, Any]:
+    y = tf.sigmoid(x)
+
+    def grad(upstream: Tensor) -> Tensor:
+        return upstream * y * (1.0 - y)
+
+    return y, grad
+
+
+@tf.custom_gradient
+def tanh(x: Tensor) -> tuple[Tensor, Any]:
+    y = tf.tanh(x)
+
+    def grad(upstream: Tensor) -> Tensor:
+        return upstream * (1.0 - y * y)
+
+    return y, grad
+
+
+def softmax(axis: int = -1) -> Callable[[Tensor], Tensor]:
+    @tf.custom_gradient
+    def activation(x: Tensor) -> tuple[Tensor, Any]:
+        shifted = tf.exp(x - tf.reduce_max(x, axis=axis, keepdims=True))
+        y = shifted / tf.reduce_sum(shifted, axis=axis, keepdims=True)
+
+        def grad(upstream: Tensor) -> Tensor:
+            return y * (upstream - tf.reduce_sum(upstream * y, axis=axis, keepdims=True))
+
+        return y, grad
+
+    return activation
+
+
+def hard_swish(x: Tensor) -> Tensor:
+    """Keras' ``hard_silu``: ``x * relu6(x + 3) / 6``."""
+    return x * relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def linear(x: Tensor) -> Tensor:
+    return x
+
+
+# Keras' serialized activation name -> its lowering.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "linear": linear, "relu": relu, "relu6": relu6, "leaky_relu": leaky_relu(0.2), "sigmoid": sigmoid,
+    "tanh": tanh, "softmax": softmax(), "hard_silu": hard_swish, "hard_swish": hard_swish,
+}
+
+
+def activation_name(function: Any) -> str:
+    """Keras' name for an activation function (a custom one gets its Python name)."""
+    name = keras.activations.serialize(function)
+    return name if isinstance(name, str) else getattr(function, "__name__", repr(function))
+
+
+def activation_problems(layer: Any) -> list[str]:
+    """The layer's ``activation``, if it has one that is not supported."""
+    function = getattr(layer, "activation", None)
+    if function is None:
+        return []
+    name = activation_name(function)
+    if name in ACTIVATIONS:
+        return []
+    return [f"activation {name!r}; supported: {', '.join(sorted(ACTIVATIONS))}"]
+
+
+def activate(layer: Any, x: Tensor) -> Tensor:
+    """Apply the layer's own ``activation`` (its checked name) to ``x``."""
+    return ACTIVATIONS[activation_name(layer.activation)](x)

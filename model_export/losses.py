@@ -1,0 +1,56 @@
+"""Per-example losses and hits written with ops whose gradients are TFLite builtins.
+
+Each mirrors what Keras 3 computes for the same loss, so the parity tests can hold the artifact
+to Keras's ``train_on_batch``: probabilities are clipped to ``[1e-7, 1 - 1e-7]`` before the log, as
+Keras does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from model_export.graph_model import Loss
+
+Tensor = Any
+EPSILON = 1e-7
+LOSSES = ("sparse_categorical_crossentropy", "binary_crossentropy")
+
+
+def sparse_categorical(num_classes: int, from_logits: bool) -> Loss:
+    """Cross-entropy of integer labels ``y`` against ``num_classes`` logits (or probabilities)."""
+
+    def per_example(outputs: Tensor, y: Tensor) -> Tensor:
+        if from_logits:
+            log_probs = outputs - tf.reduce_logsumexp(outputs, axis=-1, keepdims=True)
+        else:
+            probs = outputs / tf.reduce_sum(outputs, axis=-1, keepdims=True)
+            log_probs = tf.math.log(tf.clip_by_value(probs, EPSILON, 1.0 - EPSILON))
+        return -tf.reduce_sum(tf.one_hot(y, num_classes, dtype=outputs.dtype) * log_probs, axis=-1)
+
+    def hits(outputs: Tensor, y: Tensor) -> Tensor:
+        return tf.cast(tf.equal(tf.cast(tf.argmax(outputs, axis=-1), tf.int32), y), tf.float32)
+
+    name = "sparse_categorical_crossentropy" + ("" if from_logits else "_from_probabilities")
+    return Loss(name, per_example, hits)
+
+
+def binary(from_logits: bool) -> Loss:
+    """Cross-entropy of 0/1 labels ``y`` against one output unit: a logit, or a probability."""
+
+    def per_example(outputs: Tensor, y: Tensor) -> Tensor:
+        z = tf.reshape(outputs, [-1])
+        target = tf.cast(y, z.dtype)
+        if from_logits:
+            # max(z, 0) - z*y + log(1 + exp(-|z|)): stable for any z.
+            return tf.maximum(z, 0.0) - z * target + tf.math.log(1.0 + tf.exp(-tf.maximum(z, -z)))
+        p = tf.clip_by_value(z, EPSILON, 1.0 - EPSILON)
+        return -(target * tf.math.log(p) + (1.0 - target) * tf.math.log(1.0 - p))
+
+    def hits(outputs: Tensor, y: Tensor) -> Tensor:
+        threshold = 0.0 if from_logits else 0.5
+        predicted = tf.cast(tf.reshape(outputs, [-1]) > threshold, tf.int32)
+        return tf.cast(tf.equal(predicted, y), tf.float32)
+
+    return Loss("binary_crossentropy" + ("" if from_logits else "_from_probabilities"), per_example, hits)
