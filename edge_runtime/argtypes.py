@@ -37,6 +37,14 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    """Comma-separated names, e.g. ``head,classifier``; empty entries are refused."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated names, e.g. head,classifier")
+    return names
+
+
 def writable_file(text: str) -> Path:
     """A file path whose folder exists, so a long run does not fail only when it saves."""
     path = Path(text)

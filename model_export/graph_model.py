@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_runtime.manifest import OptimizerConfig, WeightSpec
 
+LOSSES = ("sparse_categorical_crossentropy", "binary_crossentropy")
 Tensor = Any  # tf.Tensor; TensorFlow ships no usable static types.
 # (trainable weights by name, inputs x, training?) -> the model's outputs
 Forward = Callable[[Mapping[str, Tensor], Tensor, bool], Tensor]

@@ -11,11 +11,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from model_export.graph_model import Loss
+from model_export.graph_model import LOSSES, Loss
 
 Tensor = Any
 EPSILON = 1e-7
-LOSSES = ("sparse_categorical_crossentropy", "binary_crossentropy")
+__all__ = ["LOSSES", "binary", "sparse_categorical"]
 
 
 def sparse_categorical(num_classes: int, from_logits: bool) -> Loss:

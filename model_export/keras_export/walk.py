@@ -121,15 +121,17 @@ def _roles(model: keras.Model, layers: Sequence[Any], options: KerasExport) -> _
     for position, layer in enumerate(layers):
         for variable in layer.weights:
             if id(variable) in trainable_ids and position >= first:
-                name = _weight_name(variable, taken)
+                name = _weight_name(layer, variable, taken)
                 trainable.append((variable, name, layer.name in options.personal))
             else:
                 frozen.append(variable)
     return _Roles(trainable, frozen)
 
 
-def _weight_name(variable: Any, taken: set[str]) -> str:
-    base = _NOT_A_NAME.sub("_", variable.path)
+def _weight_name(layer: Any, variable: Any, taken: set[str]) -> str:
+    """``{layer}_{variable}`` made a valid signature argument name (not the variable's path, which names the
+    enclosing model and so changes when a model is saved and loaded)."""
+    base = _NOT_A_NAME.sub("_", f"{layer.name}_{variable.name}")
     base = base if base[:1].isalpha() else f"w_{base}"
     name, n = base, 1
     while name in taken:
@@ -143,7 +145,7 @@ def _fingerprint(frozen: Sequence[Any], graph: Any) -> str:
     digest = hashlib.sha256()
     for variable in frozen:
         value = np.ascontiguousarray(np.asarray(variable.numpy(), np.float32))
-        digest.update(f"{variable.path}:{value.shape}\n".encode())
+        digest.update(f"{variable.name}:{value.shape}\n".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
 
