@@ -19,10 +19,11 @@ from coordinator.rounds import DEFAULT_MAX_EXAMPLES
 from coordinator.strategies import HYPERPARAMETERS, Strategy, build_strategy
 from edge_runtime.codecs import CODECS, DEFAULT_CODEC
 from edge_runtime.errors import ProtocolError
+from edge_runtime.manifest import Manifest
 from edge_runtime.protocol import DEFAULT_FEDERATION, check_name
 
 # The update-pipeline options, the same in every command that runs a coordinator (edgefl fleet too).
-PIPELINE_OPTIONS = ("codec", "max_examples", "weighting", "strategy", "reset_strategy", *HYPERPARAMETERS)
+PIPELINE_OPTIONS = ("codec", "max_examples", "weighting", "prox_mu", "strategy", "reset_strategy", *HYPERPARAMETERS)
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
@@ -50,6 +51,7 @@ class CoordinatorConfig:
     codec: str = DEFAULT_CODEC
     max_examples: int = DEFAULT_MAX_EXAMPLES
     weighting: str = "examples"
+    prox_mu: float = 0.0  # FedProx: devices add prox_mu * (w - global) to each travelling weight's gradient
     strategy: str = "fedavg"
     reset_strategy: bool = False
     server_lr: float | None = None
@@ -84,6 +86,8 @@ class CoordinatorConfig:
         want(self.codec in CODECS, "codec", f"one of {', '.join(CODECS)}", self.codec)
         want(self.max_examples >= 1, "max-examples", "an integer >= 1", self.max_examples)
         want(self.weighting in ("examples", "uniform"), "weighting", "examples or uniform", self.weighting)
+        want(math.isfinite(self.prox_mu) and self.prox_mu >= 0, "prox-mu", "a finite number >= 0 (0: no proximal "
+             "term)", self.prox_mu)
         self.build_strategy()  # refuses an unknown strategy, an option it does not take, or a bad value
         want(self.eval_every >= 0, "eval-every", "an integer >= 0 (0: never)", self.eval_every)
         want(self.max_payload is None or self.max_payload > 0, "max-payload", "bytes > 0", self.max_payload)
@@ -96,9 +100,17 @@ class CoordinatorConfig:
             raise ConfigError("configuration", "federation", "1-64 characters from A-Z a-z 0-9 _ . -",
                               self.federation) from exc
 
-
     def build_strategy(self) -> Strategy[Any]:
         return build_strategy(self.strategy, {name: getattr(self, name) for name in HYPERPARAMETERS})
+
+
+def check_proximal(prox_mu: float, manifest: Manifest) -> None:
+    """Refuse ``prox-mu`` > 0 for an artifact whose train signature has no proximal term: every device would
+    report its task failed."""
+    want(prox_mu == 0 or manifest.proximal, "prox-mu",
+         f"0 for artifact {manifest.model_name!r}, exported without FedProx's proximal term (its train signature "
+         "takes no mu; artifact format 1 never does); re-export the model with this edgefl to use --prox-mu",
+         prox_mu)
 
 
 def build_config(file: Path | None, overrides: Mapping[str, Any]) -> CoordinatorConfig:

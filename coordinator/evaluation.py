@@ -21,6 +21,9 @@ class Metrics:
     examples: int
     devices: int = 0  # federated evaluation: devices that reported
     failed: int = 0  # federated evaluation: devices that said they could not evaluate
+    # federated evaluation of an artifact with personal weights: the global weights with each device's own
+    personalized_loss: float | None = None
+    personalized_accuracy: float | None = None
 
 
 class TestSetEvaluator:
@@ -37,10 +40,21 @@ class TestSetEvaluator:
 
 
 def combine(reports: Iterable[EvaluationReport]) -> Metrics | None:
-    """Example-weighted loss and accuracy over devices' evaluation reports; None when there are none."""
+    """Example-weighted loss and accuracy over devices' evaluation reports; None when there are none. The
+    personalized ones are over the reports that carry them (None when none does)."""
     items = [r for r in reports if r.examples > 0]
     examples = sum(r.examples for r in items)
     if not examples:
         return None
+    loss, accuracy = _personalized(items)
     return Metrics(sum(r.loss_sum for r in items) / examples, sum(r.correct for r in items) / examples, examples,
-                   len(items))
+                   len(items), personalized_loss=loss, personalized_accuracy=accuracy)
+
+
+def _personalized(reports: Iterable[EvaluationReport]) -> tuple[float | None, float | None]:
+    loss_sum, correct, examples = 0.0, 0, 0
+    for r in reports:
+        if r.personalized_loss_sum is not None and r.personalized_correct is not None:
+            loss_sum, correct, examples = (loss_sum + r.personalized_loss_sum, correct + r.personalized_correct,
+                                           examples + r.examples)
+    return (loss_sum / examples, correct / examples) if examples else (None, None)

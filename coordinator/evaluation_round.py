@@ -61,5 +61,14 @@ class EvaluationRound:
 
 
 def _plausible(report: EvaluationReport) -> bool:
-    return (report.examples >= 0 and 0 <= report.correct <= report.examples
-            and math.isfinite(report.loss_sum) and report.loss_sum >= 0)
+    """Sums a device can have computed: counts within its examples, finite losses >= 0; the personalized pair
+    both given or both absent."""
+    personalized = (report.personalized_loss_sum, report.personalized_correct)
+    if personalized != (None, None) and not _sums(report.examples, *personalized):
+        return False
+    return report.examples >= 0 and _sums(report.examples, report.loss_sum, report.correct)
+
+
+def _sums(examples: int, loss_sum: float | None, correct: int | None) -> bool:
+    return (loss_sum is not None and correct is not None and 0 <= correct <= examples
+            and math.isfinite(loss_sum) and loss_sum >= 0)

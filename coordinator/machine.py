@@ -266,7 +266,7 @@ class RoundMachine:
         for device in sorted(plan.selected):
             task = TrainTask(plan.task_id, number, plan.model_version, self.state.artifact_id, plan.deadline,
                              config.local_epochs, self._lr, config.clip_norm, task_seed(config.seed, number, device),
-                             plan.codec, plan.max_examples)
+                             plan.codec, plan.max_examples, config.prox_mu)
             self._publish(self.topics.task(device), encode(task))
         self.phase, self._phase_until = "training", plan.deadline
         self._publish_state("training")

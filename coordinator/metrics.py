@@ -46,6 +46,9 @@ class CoordinatorMetrics:
                                         "after the last commit", **kw)
         self.federated_accuracy = prom.Gauge("edgefl_federated_accuracy", "Accuracy of the global model over the "
                                              "devices of the last federated evaluation", **kw)
+        self.personalized_accuracy = prom.Gauge(
+            "edgefl_personalized_accuracy", "Accuracy of the global model with each device's personal weights, over "
+            "the devices of the last federated evaluation (artifacts with personal weights only)", **kw)
         self.round = prom.Gauge("edgefl_round", "Number of the last round held", **kw)
         self.model_version = prom.Gauge("edgefl_model_version", "Version of the global model", **kw)
         self.online = prom.Gauge("edgefl_devices_online", "Devices whose retained status says online", **kw)
@@ -69,6 +72,9 @@ class CoordinatorMetrics:
                                (self.federated_accuracy, line.get("federated_eval"))):
             if metrics and metrics.get("accuracy") is not None:
                 gauge.set(metrics["accuracy"])
+        personalized = (line.get("federated_eval") or {}).get("personalized_accuracy")
+        if personalized is not None:
+            self.personalized_accuracy.set(personalized)
 
     def observe_devices(self, statuses: Iterable[DeviceStatus]) -> None:
         online = [s for s in statuses if s.online]

@@ -25,6 +25,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                             f"many; a larger claim is refused ({DEFAULT_MAX_EXAMPLES})")
     group.add_argument("--weighting", choices=["examples", "uniform"],
                        help="weight of an update in a mean: its example count, or 1 (examples)")
+    group.add_argument("--prox-mu", type=float,
+                       help="FedProx: devices add this times (w - global) to each travelling weight's gradient, "
+                            "with any strategy; needs an artifact exported with the proximal term (0: none)")
     group.add_argument("--reset-strategy", action="store_true",
                        help="with --resume: start the strategy afresh from the checkpoint's weights (needed when "
                             "the checkpoint was made with another strategy)")

@@ -96,10 +96,13 @@ class RoundLog:
 
 def human_line(line: Mapping[str, Any], rounds: int | None = None) -> str:
     """A round line in one short line for a terminal: round, outcome, reports of selected, test accuracy (and the
-    devices' own, after a federated evaluation), refusals other than late updates, traffic, duration."""
+    devices' own, after a federated evaluation, personalized too when the model has personal weights), failed
+    tasks, refusals other than late updates, traffic, duration."""
     number = f"{line['round']}/{rounds}" if rounds else str(line["round"])
     status = line["status"] if line["status"] == "committed" else f"{line['status']} ({line['closed_by']})"
     parts = [f"round {number}", status, f"{line['reported']}/{line['selected']} reported", f"acc {_accuracy(line)}"]
+    if line.get("failed"):
+        parts.append(f"{line['failed']} failed")
     refused = sum(line["rejected"].values())
     if refused:
         parts.append(f"{refused} refused")
@@ -111,7 +114,9 @@ def _accuracy(line: Mapping[str, Any]) -> str:
     test, federated = line.get("test"), line.get("federated_eval")
     text = f"{test['accuracy']:.4f}" if test and test.get("accuracy") is not None else "-"
     if federated and federated.get("accuracy") is not None:
-        text += f" (devices {federated['accuracy']:.4f})"
+        personal = federated.get("personalized_accuracy")
+        extra = f", personalized {personal:.4f}" if personal is not None else ""
+        text += f" (devices {federated['accuracy']:.4f}{extra})"
     return text
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coordinator.checkpoint import save_checkpoint
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, check_proximal
 from coordinator.evaluation import TestSetEvaluator
 from coordinator.machine import Effect, Now, Publish, RoundMachine, Save
 from coordinator.metrics import CoordinatorMetrics
@@ -36,6 +36,7 @@ from edge_runtime.protocol import (
     artifact_id,
     bundle_files,
 )
+from edge_runtime.weights import select
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -57,6 +58,7 @@ class Coordinator:
         self.clock = clock
         self.artifact = Artifact.load(config.artifact)
         manifest = self.artifact.manifest
+        check_proximal(config.prox_mu, manifest)
         files = {name: (self.artifact.folder / name).read_bytes()
                  for name in (MANIFEST_FILE, manifest.tflite_file, manifest.weights_file)}
         self.artifact_id = artifact_id(files[MANIFEST_FILE])
@@ -67,8 +69,10 @@ class Coordinator:
         with native_logs_hidden(not log.isEnabledFor(logging.INFO)):  # LiteRT's note on its CPU delegate
             evaluator = TestSetEvaluator(self.artifact, config.test_data) if config.test_data else None
         lr = config.lr if config.lr is not None else manifest.optimizer.learning_rate
-        state = initial_state(config, self.artifact_id, manifest.weights, self.strategy, self.artifact.initial_weights)
-        self.machine = RoundMachine(config, state, self.strategy, manifest.weights,
+        # The global model, its checkpoint and the updates hold the weights that travel; personal ones stay on devices.
+        state = initial_state(config, self.artifact_id, manifest.federated, self.strategy,
+                              lambda: select(self.artifact.initial_weights(), manifest.federated))
+        self.machine = RoundMachine(config, state, self.strategy, manifest.federated,
                                     bundle_files(files, MANIFEST_FILE), payload_limit=limit, task_lr=lr,
                                     evaluator=evaluator)
         # Bounded: when updates arrive faster than they are checked, paho's thread waits here, the socket

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.config import check_proximal
 from device_profiles.clock import SimClock, hour_of_day
 from device_profiles.errors import FleetError
 from device_profiles.fleet_config import EMBEDDED, FleetConfig
@@ -173,6 +174,7 @@ def _check_inputs(config: FleetConfig) -> _Inputs:
         _refuse_artifact_in_run_folder(config)
         artifact = check_artifact(config.artifact, train, test)
         manifest = artifact.manifest
+        check_proximal(config.prox_mu or 0.0, manifest)  # the coordinator would refuse it once devices are up
         return _Inputs(train, test, parts, entries, manifest.family, manifest.num_classes, artifact)
     return _Inputs(train, test, parts, entries, choose_family(config, train), class_count(train, test), None)
 

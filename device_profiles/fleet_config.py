@@ -78,6 +78,7 @@ class FleetConfig:
     codec: str | None = None
     max_examples: int | None = None
     weighting: str | None = None
+    prox_mu: float | None = None
     strategy: str | None = None
     reset_strategy: bool = False
     server_lr: float | None = None

@@ -5,13 +5,15 @@ handles them in order, including training, so the agent's state has a single
 writer. The network thread only notes the id of the newest task, which lets a
 running task see between steps that the coordinator withdrew it.
 
-Between tasks the agent keeps only the verified artifact, its local data and
-the current global weights: an interpreter is built for a task and released
-when the task ends. A ``Pace`` (``edge_runtime.pace``) may add waits around a
-task's phases; a physical device's adds none, an emulated device's plays its
-profile. The update's decisions (delta, clip, stages, encoding) are
-``edge_runtime.update_stages``'s; an emulator injects stages there, and a
-``DataTransform`` applied to the local data when an artifact is loaded.
+Between tasks the agent keeps only the verified artifact, its local data,
+the current global weights and the device's personal weights (an artifact's
+weights that never leave the device, kept in the cache across restarts): an
+interpreter is built for a task and released when the task ends. A ``Pace``
+(``edge_runtime.pace``) may add waits around a task's phases; a physical
+device's adds none, an emulated device's plays its profile. The update's
+decisions (delta, clip, stages, encoding) are ``edge_runtime.update_stages``'s;
+an emulator injects stages there, and a ``DataTransform`` applied to the local
+data when an artifact is loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Literal
 
 from edge_runtime.artifact import Artifact
 from edge_runtime.backend import select_backend
-from edge_runtime.cache import ArtifactCache
+from edge_runtime.cache import ArtifactCache, PersonalStore
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, check_arrays, load_data
 from edge_runtime.errors import EdgeRuntimeError, ProtocolError
 from edge_runtime.mqtt import MqttConnection, MqttOptions
@@ -50,7 +52,7 @@ from edge_runtime.protocol import (
 )
 from edge_runtime.trainer import Trainer
 from edge_runtime.update_stages import DataTransform, UpdatePipeline, UpdateStage
-from edge_runtime.weights import Weights, check_weights
+from edge_runtime.weights import Weights, check_weights, select
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class _Model:
     artifact: Artifact
     artifact_id: str
     data: Dataset
+    personal: Weights  # this device's personal weights (empty when the artifact has none)
 
 
 class DeviceAgent:
@@ -105,6 +108,7 @@ class DeviceAgent:
         self._stats_lock = threading.Lock()
         self.topics = config.topics
         self._cache = ArtifactCache(config.cache_dir)
+        self._personal = PersonalStore(config.cache_dir, config.device_id)
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._newest_task = ""
         self._model: _Model | None = None
@@ -202,7 +206,8 @@ class DeviceAgent:
             log.error("%s: %s", self.config.device_id, self._unusable)
             self.publish_status()
             return
-        self._model, self._unusable = _Model(artifact, header.artifact_id, data), ""
+        personal = self._personal.restore(header.artifact_id, artifact)
+        self._model, self._unusable = _Model(artifact, header.artifact_id, data, personal), ""
         log.info("%s: model %s (%s) received, %d local examples fit it", self.config.device_id,
                  header.artifact_id[:12], artifact.manifest.model_name, len(data))
         self.publish_status()
@@ -228,7 +233,7 @@ class DeviceAgent:
             log.info("%s: global model for artifact %s, waiting for that artifact", self.config.device_id,
                      header.artifact_id[:12])
             return
-        self._global = (header.version, check_weights(tensors, self._model.artifact.manifest.weights))
+        self._global = (header.version, check_weights(tensors, self._model.artifact.manifest.federated))
         self._global_bytes = len(payload)
         log.info("%s: global model version %d received", self.config.device_id, header.version)
         self.publish_status()
@@ -284,7 +289,8 @@ class DeviceAgent:
             self._finish(task, result)
 
     def _run(self, task: Task, model: _Model, base: Weights) -> tuple[str, bytes]:
-        """Run a task from the global weights; the policy counts its time (budget) and a finished training.
+        """Run a task from the global weights (and this device's personal ones); the policy counts its time
+        (budget) and a finished training.
 
         The interpreter exists only for the task's duration.
         """
@@ -292,10 +298,10 @@ class DeviceAgent:
         trained = False
         try:
             trainer = Trainer(model.artifact, backend=self.backend, num_threads=self.config.num_threads)
-            trainer.set_weights(base)
             if isinstance(task, EvaluateTask):
-                return self._evaluate(task, trainer, model.data)
-            result = self._train(task, trainer, model.data, base)
+                return self._evaluate(task, trainer, model, base)
+            trainer.set_weights({**base, **model.personal})
+            result = self._train(task, trainer, model, base)
             trained = True
             self.stats.trained += 1
             return result
@@ -326,31 +332,50 @@ class DeviceAgent:
             log.info("%s: stopping %s after %d training steps", self.config.device_id, task.task_id, steps)
             raise _Stopped("interrupted", "; ".join(self._decision.reasons))
 
-    def _train(self, task: TrainTask, trainer: Trainer, data: Dataset, base: Weights) -> tuple[str, bytes]:
+    def _train(self, task: TrainTask, trainer: Trainer, model: _Model, base: Weights) -> tuple[str, bytes]:
+        """Train from ``base`` (the global weights) with ``task.mu`` (FedProx; a non-proximal artifact refuses
+        mu > 0, reported as failed); keep the personal weights, send the update of the others."""
+        data, manifest = model.data, model.artifact.manifest
         log.info("%s: round %d: training %d epochs on %d examples", self.config.device_id, task.round, task.epochs,
                  len(data))
         self._wait(task, self.pace.download_wait_s(self._global_bytes), 0)
         cap = task.max_examples or None
         result = trainer.fit(data.x, data.y, epochs=task.epochs, lr=task.lr, seed=task.seed, max_examples=cap,
-                             on_step=lambda step, loss: self._check_continue(task, step + 1))
+                             mu=task.mu, on_step=lambda step, loss: self._check_continue(task, step + 1))
         self._wait(task, self.pace.compute_wait_s(result.wall_time_s), result.steps)
-        update = self._updates.encode(self.config.device_id, task, trainer.get_weights(), base, len(data),
-                                      result.mean_loss)
+        local = trainer.get_weights()
+        if manifest.personal:
+            model.personal = select(local, manifest.personal)
+            self._personal.save(model.artifact_id, model.personal)
+        update = self._updates.encode(self.config.device_id, task, select(local, manifest.federated), base,
+                                      len(data), result.mean_loss)
         self._wait(task, self.pace.upload_wait_s(len(update.payload)), result.steps)
         log.info("%s: round %d: trained in %.2f s, loss %.4f, update norm %.3f (bound %.3f), sending %d bytes",
                  self.config.device_id, task.round, result.wall_time_s, result.mean_loss, update.header.norm,
                  task.clip_norm, len(update.payload))
         return self.topics.update(self.config.device_id), update.payload
 
-    def _evaluate(self, task: EvaluateTask, trainer: Trainer, data: Dataset) -> tuple[str, bytes]:
+    def _evaluate(self, task: EvaluateTask, trainer: Trainer, model: _Model, base: Weights) -> tuple[str, bytes]:
+        """The global model's sums (with the artifact's initial personal weights, if it has any), and the
+        personalized model's (the global weights with this device's personal ones)."""
+        data = model.data
         log.info("%s: round %d: evaluating the global model on %d examples", self.config.device_id, task.round,
                  len(data))
+        trainer.set_weights(base)
         result = trainer.evaluate(data.x, data.y)
         log.info("%s: round %d: evaluated, accuracy %.4f, loss %.4f", self.config.device_id, task.round,
                  result.accuracy, result.loss)
-        report = EvaluationReport(self.config.device_id, task.task_id, task.round, task.model_version,
-                                  result.examples, result.loss * result.examples,
-                                  round(result.accuracy * result.examples))
+        personalized = None
+        if model.personal:
+            trainer.set_weights({**base, **model.personal})
+            personalized = trainer.evaluate(data.x, data.y)
+            log.info("%s: round %d: with its personal weights, accuracy %.4f, loss %.4f", self.config.device_id,
+                     task.round, personalized.accuracy, personalized.loss)
+        report = EvaluationReport(
+            self.config.device_id, task.task_id, task.round, task.model_version, result.examples,
+            result.loss * result.examples, round(result.accuracy * result.examples),
+            personalized.loss * personalized.examples if personalized else None,
+            round(personalized.accuracy * personalized.examples) if personalized else None)
         return self.topics.report(self.config.device_id), encode(report)
 
     def _failure(self, task: Task, outcome: str, reason: str) -> tuple[str, bytes]:

@@ -1,7 +1,9 @@
-"""A device's artifact cache: one verified folder per artifact id (the sha256 of its manifest)."""
+"""A device's cache: one verified folder per artifact id (the sha256 of its manifest), and the device's own
+personal weights per artifact."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -9,9 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edge_runtime.artifact import Artifact
-from edge_runtime.errors import ArtifactError
-from edge_runtime.manifest import MANIFEST_FILE
+from edge_runtime.errors import ArtifactError, WeightsError
+from edge_runtime.manifest import MANIFEST_FILE, Manifest
 from edge_runtime.protocol import artifact_id
+from edge_runtime.weights import Weights, check_weights, load_weights, save_weights, select
+
+log = logging.getLogger(__name__)
 
 
 def cache_home() -> Path:
@@ -66,3 +71,51 @@ class ArtifactCache:
                 raise
             return existing
         return Artifact(target, staged.manifest)
+
+
+class PersonalStore:
+    """One device's personal weights (trained on it, never sent), kept across rounds and restarts.
+
+    One safetensors file per artifact, ``<cache>/personal/<device id>/<artifact id>.safetensors``, replaced
+    atomically: a new artifact starts from its own initial personal weights. The device id is in the path
+    because emulated devices share a cache folder.
+    """
+
+    def __init__(self, root: Path, device_id: str) -> None:
+        self.device_id = device_id
+        self.folder = Path(root) / "personal" / device_id
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def load(self, key: str, manifest: Manifest) -> Weights | None:
+        """The personal weights saved for artifact ``key``, None if there are none; ``WeightsError`` naming the
+        file if they do not fit ``manifest`` (names, shapes, float32, finite)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return check_weights(load_weights(path), manifest.personal)
+        except WeightsError as exc:
+            raise WeightsError(f"personal weights in {path} do not fit artifact {key[:12]}: {exc}") from exc
+
+    def restore(self, key: str, artifact: Artifact) -> Weights:
+        """The personal weights to train and evaluate with: the ones saved for artifact ``key``, else (none saved,
+        or a file that does not fit, said in the log) the artifact's initial ones; empty if it has none."""
+        specs = artifact.manifest.personal
+        if not specs:
+            return {}
+        try:
+            saved = self.load(key, artifact.manifest)
+        except WeightsError as exc:
+            log.warning("%s: %s; starting from the artifact's initial personal weights (the file is replaced after "
+                        "the next training)", self.device_id, exc)
+            saved = None
+        if saved is not None:
+            log.info("%s: personal weights restored from %s", self.device_id, self.path(key))
+            return saved
+        return select(artifact.initial_weights(), specs)
+
+    def save(self, key: str, weights: Weights) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_weights(self.path(key), weights, {"artifact_id": key})

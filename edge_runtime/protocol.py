@@ -22,7 +22,8 @@ import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union
 
 import numpy as np
 
@@ -156,7 +157,12 @@ class TrainTask:
     seed: int
     codec: str = DEFAULT_CODEC  # how the update is encoded (edge_runtime.codecs)
     max_examples: int = 0  # train on at most this many examples per epoch and report at most this many; 0: no cap
+    mu: float = 0.0  # FedProx's proximal coefficient (0: plain local training); > 0 needs a proximal artifact
     kind: Literal["train"] = "train"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mu) and self.mu >= 0):
+            raise ProtocolError(MALFORMED, f"field 'mu' is {self.mu!r}; expected a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,9 @@ class EvaluationReport:
     examples: int
     loss_sum: float
     correct: int
+    # The same sums for the global model with this device's personal weights; None when the artifact has none.
+    personalized_loss_sum: float | None = None
+    personalized_correct: int | None = None
     kind: Literal["evaluation"] = "evaluation"
 
 
@@ -315,6 +324,11 @@ def _is_a(value: Any, hint: Any) -> bool:
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin in (Union, UnionType):  # an optional field: null, or a value of its one other type
+        if value is None:
+            return None
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):
             raise ProtocolError(MALFORMED, f"field {name!r} is {value!r}; expected one of {typing.get_args(hint)}")

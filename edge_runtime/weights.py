@@ -48,6 +48,11 @@ def weights_from_bytes(content: bytes, source: object = "payload") -> Weights:
         raise WeightsError(f"cannot parse safetensors from {source}: {exc}") from exc
 
 
+def select(weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...]) -> Weights:
+    """The tensors of ``weights`` that ``specs`` name, in their order (``manifest.federated`` or ``.personal``)."""
+    return {spec.name: weights[spec.name] for spec in specs}
+
+
 def check_weights(weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...]) -> Weights:
     """Return ``weights`` as float32 arrays in manifest order, or raise naming the first problem.
 

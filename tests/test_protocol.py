@@ -7,6 +7,7 @@ every refusal is checked for ``ProtocolError`` and its stable ``reason`` code.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import MISSING, fields
@@ -172,10 +173,11 @@ def test_sender_inverts_the_topic_builders() -> None:
 STATUS = DeviceStatus("pi-07", online=True, eligible=False, reasons=("battery", "metered"), examples=120,
                       artifact_id=AID, model_version=3, backend="ai_edge_litert", sent_at=1700000000.25)
 TRAIN = TrainTask("t-4-pi-07", round=4, model_version=3, artifact_id=AID, deadline=1700000060.5, epochs=2,
-                  lr=0.05, clip_norm=1.0, seed=-7, codec="float16", max_examples=512)
+                  lr=0.05, clip_norm=1.0, seed=-7, codec="float16", max_examples=512, mu=0.01)
 EVALUATE = EvaluateTask("e-5", round=5, model_version=4, artifact_id=AID, deadline=1700000120.0)
 FAILED = TaskFailed("pi-07", "t-4-pi-07", round=4, outcome="interrupted", reason="charger unplugged")
-REPORT = EvaluationReport("pi-07", "e-5", round=5, model_version=4, examples=30, loss_sum=12.5, correct=27)
+REPORT = EvaluationReport("pi-07", "e-5", round=5, model_version=4, examples=30, loss_sum=12.5, correct=27,
+                          personalized_loss_sum=4.25, personalized_correct=29)
 STATE = CoordinatorState(round=5, phase="evaluating", model_version=4, artifact_id=AID, updated_at=1700000100.125)
 
 # Each message next to its wire form, written out by hand.
@@ -185,13 +187,14 @@ WIRE: list[tuple[Any, dict[str, Any]]] = [
               "backend": "ai_edge_litert", "sent_at": 1700000000.25}),
     (TRAIN, {"protocol": 1, "kind": "train", "task_id": "t-4-pi-07", "round": 4, "model_version": 3,
              "artifact_id": AID, "deadline": 1700000060.5, "epochs": 2, "lr": 0.05, "clip_norm": 1.0, "seed": -7,
-             "codec": "float16", "max_examples": 512}),
+             "codec": "float16", "max_examples": 512, "mu": 0.01}),
     (EVALUATE, {"protocol": 1, "kind": "evaluate", "task_id": "e-5", "round": 5, "model_version": 4,
                 "artifact_id": AID, "deadline": 1700000120.0}),
     (FAILED, {"protocol": 1, "kind": "failed", "device_id": "pi-07", "task_id": "t-4-pi-07", "round": 4,
               "outcome": "interrupted", "reason": "charger unplugged"}),
     (REPORT, {"protocol": 1, "kind": "evaluation", "device_id": "pi-07", "task_id": "e-5", "round": 5,
-              "model_version": 4, "examples": 30, "loss_sum": 12.5, "correct": 27}),
+              "model_version": 4, "examples": 30, "loss_sum": 12.5, "correct": 27, "personalized_loss_sum": 4.25,
+              "personalized_correct": 29}),
     (STATE, {"protocol": 1, "kind": "coordinator", "round": 5, "phase": "evaluating", "model_version": 4,
              "artifact_id": AID, "updated_at": 1700000100.125}),
 ]
@@ -880,7 +883,36 @@ def test_a_task_and_an_update_from_before_codecs_decode_with_float32_and_no_cap(
     old_task = {"protocol": 1, "kind": "train", "task_id": "t", "round": 1, "model_version": 0, "artifact_id": AID,
                 "deadline": 1.0, "epochs": 1, "lr": 0.1, "clip_norm": 1.0, "seed": 0}
     task = decode(json.dumps(old_task).encode(), TrainTask)
-    assert (task.codec, task.max_examples) == ("float32", 0)
+    assert (task.codec, task.max_examples, task.mu) == ("float32", 0, 0.0)
     metadata = {k: v for k, v in UPDATE_METADATA.items() if k != "codec"}
     header, _ = decode_tensors(save({"w": np.zeros(2, np.float32)}, metadata=metadata), UpdateHeader, 10**6)
     assert header.codec == "float32"
+
+
+@pytest.mark.parametrize("mu", [-0.5, -1e-9])
+def test_a_negative_proximal_coefficient_is_malformed(mu: float) -> None:
+    assert_refused(lambda: decode(wire(TrainTask, mu=mu), TrainTask), MALFORMED, "'mu'", ">= 0")
+    with pytest.raises(ProtocolError):
+        TrainTask("t", 1, 0, AID, 1.0, 1, 0.1, 1.0, 0, mu=mu)
+
+
+def test_a_non_finite_proximal_coefficient_is_refused() -> None:
+    assert_refused(lambda: decode(wire(TrainTask, mu="Infinity").replace(b'"Infinity"', b"Infinity"), TrainTask),
+                   MALFORMED)
+    with pytest.raises(ProtocolError, match="'mu'"):
+        TrainTask("t", 1, 0, AID, 1.0, 1, 0.1, 1.0, 0, mu=math.nan)
+
+
+def test_an_evaluation_without_personal_weights_has_null_personalized_sums() -> None:
+    plain = EvaluationReport("pi-07", "e-5", 5, 4, 30, 12.5, 27)
+    body = json.loads(encode(plain))
+    assert (body["personalized_loss_sum"], body["personalized_correct"]) == (None, None)
+    assert decode(encode(plain), EvaluationReport) == plain
+    absent = decode(wire(EvaluationReport, personalized_loss_sum=..., personalized_correct=...), EvaluationReport)
+    assert (absent.personalized_loss_sum, absent.personalized_correct) == (None, None)
+
+
+@pytest.mark.parametrize(("field", "value"), [("personalized_correct", 2.5), ("personalized_correct", True),
+                                              ("personalized_loss_sum", "4.25"), ("personalized_loss_sum", [1.0])])
+def test_a_personalized_sum_of_the_wrong_type_is_malformed(field: str, value: Any) -> None:
+    assert_refused(lambda: decode(wire(EvaluationReport, **{field: value}), EvaluationReport), MALFORMED, repr(field))
