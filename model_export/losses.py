@@ -2,11 +2,14 @@
 
 Each mirrors what Keras 3 computes for the same loss, so the parity tests can hold the artifact
 to Keras's ``train_on_batch``: probabilities are clipped to ``[1e-7, 1 - 1e-7]`` before the log, as
-Keras does.
+Keras does. And as Keras's TensorFlow backend does, a loss "from probabilities" of an output that a
+softmax or sigmoid produced is computed from the logits under it (``with_logits``): the clip would
+otherwise leave a confidently wrong prediction (probability below 1e-7) with no gradient at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import tensorflow as tf
@@ -15,15 +18,28 @@ from model_export.graph_model import LOSSES, Loss
 
 Tensor = Any
 EPSILON = 1e-7
-__all__ = ["LOSSES", "binary", "sparse_categorical"]
+_LOGITS = "_edgefl_logits"
+__all__ = ["LOSSES", "binary", "sparse_categorical", "with_logits"]
+
+
+def with_logits(probabilities: Tensor, logits: Tensor) -> Tensor:
+    """Mark a softmax's or sigmoid's output with its input, for a loss from probabilities to use instead."""
+    with contextlib.suppress(AttributeError):  # an eager tensor takes no attributes; exports are traced graphs
+        setattr(probabilities, _LOGITS, logits)
+    return probabilities
+
+
+def _logits(outputs: Tensor, from_logits: bool) -> Tensor | None:
+    return outputs if from_logits else getattr(outputs, _LOGITS, None)
 
 
 def sparse_categorical(num_classes: int, from_logits: bool) -> Loss:
     """Cross-entropy of integer labels ``y`` against ``num_classes`` logits (or probabilities)."""
 
     def per_example(outputs: Tensor, y: Tensor) -> Tensor:
-        if from_logits:
-            log_probs = outputs - tf.reduce_logsumexp(outputs, axis=-1, keepdims=True)
+        logits = _logits(outputs, from_logits)
+        if logits is not None:
+            log_probs = logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
         else:
             probs = outputs / tf.reduce_sum(outputs, axis=-1, keepdims=True)
             log_probs = tf.math.log(tf.clip_by_value(probs, EPSILON, 1.0 - EPSILON))
@@ -40,12 +56,13 @@ def binary(from_logits: bool) -> Loss:
     """Cross-entropy of 0/1 labels ``y`` against one output unit: a logit, or a probability."""
 
     def per_example(outputs: Tensor, y: Tensor) -> Tensor:
-        z = tf.reshape(outputs, [-1])
-        target = tf.cast(y, z.dtype)
-        if from_logits:
+        logits = _logits(outputs, from_logits)
+        target = tf.cast(y, outputs.dtype)
+        if logits is not None:
+            z = tf.reshape(logits, [-1])
             # max(z, 0) - z*y + log(1 + exp(-|z|)): stable for any z.
             return tf.maximum(z, 0.0) - z * target + tf.math.log(1.0 + tf.exp(-tf.maximum(z, -z)))
-        p = tf.clip_by_value(z, EPSILON, 1.0 - EPSILON)
+        p = tf.clip_by_value(tf.reshape(outputs, [-1]), EPSILON, 1.0 - EPSILON)
         return -(target * tf.math.log(p) + (1.0 - target) * tf.math.log(1.0 - p))
 
     def hits(outputs: Tensor, y: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from model_export.layers import relu
+from model_export.losses import with_logits
 
 Tensor = Any
 
@@ -41,8 +42,13 @@ def leaky_relu(slope: float) -> Callable[[Tensor], Tensor]:
     return activation
 
 
+def sigmoid(x: Tensor) -> Tensor:
+    """The logistic function, its output marked with ``x`` for a cross-entropy to use (``losses.with_logits``)."""
+    return with_logits(_sigmoid(x), x)
+
+
 @tf.custom_gradient
-def sigmoid(x: Tensor) -> tuple[Tensor, Any]:
+def _sigmoid(x: Tensor) -> tuple[Tensor, Any]:
     y = tf.sigmoid(x)
 
     def grad(upstream: Tensor) -> Tensor:
@@ -62,8 +68,10 @@ def tanh(x: Tensor) -> tuple[Tensor, Any]:
 
 
 def softmax(axis: int = -1) -> Callable[[Tensor], Tensor]:
+    """Softmax over ``axis``, its output marked with ``x`` for a cross-entropy to use (``losses.with_logits``)."""
+
     @tf.custom_gradient
-    def activation(x: Tensor) -> tuple[Tensor, Any]:
+    def probabilities(x: Tensor) -> tuple[Tensor, Any]:
         shifted = tf.exp(x - tf.reduce_max(x, axis=axis, keepdims=True))
         y = shifted / tf.reduce_sum(shifted, axis=axis, keepdims=True)
 
@@ -72,7 +80,7 @@ def softmax(axis: int = -1) -> Callable[[Tensor], Tensor]:
 
         return y, grad
 
-    return activation
+    return lambda x: with_logits(probabilities(x), x)
 
 
 def hard_swish(x: Tensor) -> Tensor:

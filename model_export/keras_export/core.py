@@ -23,7 +23,7 @@ Tensor = Any
 
 
 def _dense_problems(layer: Any) -> list[str]:
-    return activation_problems(layer) + _regularizer_problems(layer)
+    return activation_problems(layer) + _regularizer_problems(layer) + _variant_problems(layer)
 
 
 def _regularizer_problems(layer: Any) -> list[str]:
@@ -31,6 +31,16 @@ def _regularizer_problems(layer: Any) -> list[str]:
     config = layer.get_config()
     return [f"{key}={config[key]!r}; supported: None (the artifact trains on the data loss alone)"
             for key in sorted(config) if key.endswith(("_regularizer", "_constraint")) and config[key] is not None]
+
+
+def _variant_problems(layer: Any) -> list[str]:
+    """LoRA and quantized layers compute their weights from several variables; only the plain layer is lowered."""
+    found = []
+    if getattr(layer, "lora_enabled", False):
+        found.append("LoRA enabled; supported: a plain layer (merge the LoRA weights first)")
+    if getattr(layer, "quantization_mode", None):
+        found.append(f"quantized ({layer.quantization_mode}); supported: float32 weights")
+    return found
 
 
 @lowers("Dense", problems=_dense_problems)
@@ -99,7 +109,10 @@ def dropout(layer: Any, params: Params, x: Tensor, training: bool) -> Tensor:
     """Inverted dropout in ``train`` (RANDOM_UNIFORM is a builtin); the identity in ``evaluate`` and ``infer``."""
     if not training or layer.rate == 0:
         return x
-    keep = tf.cast(tf.random.uniform(tf.shape(x)) >= layer.rate, x.dtype)
+    # Seeds 0 and 0 make TFLite's RANDOM_UNIFORM seed itself afresh in every interpreter, so devices draw
+    # different masks; tf.random.uniform would bake in seeds derived from a global seed set at export time.
+    noise = tf.raw_ops.RandomUniform(shape=tf.shape(x), dtype=x.dtype, seed=0, seed2=0)
+    keep = tf.cast(noise >= layer.rate, x.dtype)
     return x * keep * (1.0 / (1.0 - layer.rate))
 
 

@@ -61,6 +61,9 @@ def lower_keras(model: keras.Model, options: KerasExport) -> GraphModel:
     names = {id(v): name for v, name, _ in roles.trainable}
     takes_ints = "int" in str(graph.inputs[0].dtype)
 
+    # Every branch of a lowering is decided in Python, so AutoGraph has nothing to convert; left on, it
+    # re-parses Keras's graph walk and every lowering on each trace, most of an export's tracing time.
+    @tf.autograph.experimental.do_not_convert
     def forward(weights: Mapping[str, Tensor], x: Tensor, training: bool) -> Tensor:
         constants: dict[int, Tensor] = {}
 
@@ -99,10 +102,11 @@ def leaf_layers(model: Any) -> Iterable[Any]:
     for operation in model.operations:
         if isinstance(operation, keras.layers.InputLayer):
             continue
-        if isinstance(operation, keras.Model):
-            yield from leaf_layers(_functional(operation))
+        inner = _graph_of(operation) if isinstance(operation, keras.Model) else None
+        if inner is not None:
+            yield from leaf_layers(inner)
         else:
-            yield operation
+            yield operation  # a nested subclassed model stays a leaf, for _layer_problems to name
 
 
 @dataclass(frozen=True)
@@ -151,16 +155,24 @@ def _fingerprint(frozen: Sequence[Any], graph: Any) -> str:
 
 
 def _functional(model: Any) -> Any:
-    inner = getattr(model, "_functional", None)
+    inner = _graph_of(model)
+    if inner is None:
+        raise UnsupportedModelError(model.name, [_not_a_graph(model)])
+    return inner
+
+
+def _graph_of(model: Any) -> Any:
+    """The model's functional graph, or None for a subclassed model or a Sequential of unknown input shape."""
     if isinstance(model, keras.Sequential):
-        if inner is None:
-            raise UnsupportedModelError(model.name, ["a Sequential model without a known input shape; supported: "
-                                                     "start it with keras.Input(shape=...)"])
-        return inner
-    if not hasattr(model, "_run_through_graph"):
-        raise UnsupportedModelError(model.name, [f"a subclassed model ({type(model).__name__}); supported: a "
-                                                 "Sequential or functional model built from keras.Input"])
-    return model
+        return getattr(model, "_functional", None)
+    return model if hasattr(model, "_run_through_graph") else None
+
+
+def _not_a_graph(model: Any) -> str:
+    if isinstance(model, keras.Sequential):
+        return "a Sequential model without a known input shape; supported: start it with keras.Input(shape=...)"
+    return (f"a subclassed model ({type(model).__name__}); supported: a Sequential or functional model built "
+            "from keras.Input")
 
 
 def _input_shape(graph: Any) -> tuple[int, ...]:
@@ -186,6 +198,9 @@ def _layer_problems(graph: Any, layers: Sequence[Any]) -> list[str]:
     for layer in layers:
         kind = type(layer).__name__
         where = f"layer {layer.name!r} ({kind})"
+        if isinstance(layer, keras.Model):
+            found.append(f"{where}: {_not_a_graph(layer)}")
+            continue
         if kind not in RULES or not isinstance(layer, keras.layers.Layer):
             what = "a keras.ops call" if not isinstance(layer, keras.layers.Layer) else "not supported"
             found.append(f"{where}: {what}; supported layers: {supported}")
