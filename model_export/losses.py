@@ -61,7 +61,10 @@ def binary(from_logits: bool) -> Loss:
         if logits is not None:
             z = tf.reshape(logits, [-1])
             # max(z, 0) - z*y + log(1 + exp(-|z|)): stable for any z.
-            return tf.maximum(z, 0.0) - z * target + tf.math.log(1.0 + tf.exp(-tf.maximum(z, -z)))
+            # relu(z) written as z * (z >= 0): a bare max(z, 0) after a bias-free matmul is dropped by the
+            # converter (see activations.relu6); >= gives z = 0 (a row whose hidden units are all off) the
+            # gradient TensorFlow's sigmoid_cross_entropy_with_logits gives it.
+            return z * tf.cast(z >= 0, z.dtype) - z * target + tf.math.log(1.0 + tf.exp(-tf.maximum(z, -z)))
         p = tf.clip_by_value(tf.reshape(outputs, [-1]), EPSILON, 1.0 - EPSILON)
         return -(target * tf.math.log(p) + (1.0 - target) * tf.math.log(1.0 - p))
 

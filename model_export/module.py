@@ -42,7 +42,11 @@ class TrainableModule(tf.Module):
         return {w.name: v for w, v in zip(self.weight_specs, self.weights, strict=True)}
 
     def signatures(self) -> dict[str, Any]:
-        """Concrete functions keyed by signature name, ready for ``tf.saved_model.save``."""
+        """Concrete functions keyed by signature name, ready for ``tf.saved_model.save``.
+
+        AutoGraph is off: every branch and loop of a model is decided in Python at trace time, and
+        transpiling each Keras lowering on every trace was most of an export's time.
+        """
         graph = self.graph
         batch = graph.batch_size
         x_train = tf.TensorSpec([batch, *graph.input_shape], tf.float32, name="x")
@@ -52,7 +56,7 @@ class TrainableModule(tf.Module):
         if graph.proximal:
             train_inputs.append(tf.TensorSpec([], tf.float32, name="mu"))
 
-        @tf.function(input_signature=train_inputs)
+        @tf.function(input_signature=train_inputs, autograph=False)
         def train(x: Any, y: Any, mask: Any, lr: Any, mu: Any = None) -> dict[str, Any]:
             with tf.GradientTape() as tape:
                 per_example = graph.loss.per_example(graph.forward(self._named(), x, True), y)
@@ -63,23 +67,24 @@ class TrainableModule(tf.Module):
             self.optimizer.apply(self.weights, grads, lr)
             return {"loss": loss}
 
-        @tf.function(input_signature=[x_any, tf.TensorSpec([None], tf.int32, name="y")])
+        @tf.function(input_signature=[x_any, tf.TensorSpec([None], tf.int32, name="y")], autograph=False)
         def evaluate(x: Any, y: Any) -> dict[str, Any]:
             outputs = graph.forward(self._named(), x, False)
             loss_sum = tf.reduce_sum(graph.loss.per_example(outputs, y))
             return {"loss_sum": loss_sum, "correct": tf.reduce_sum(graph.loss.hits(outputs, y))}
 
-        @tf.function(input_signature=[x_any])
+        @tf.function(input_signature=[x_any], autograph=False)
         def infer(x: Any) -> dict[str, Any]:
             return {"logits": graph.forward(self._named(), x, False)}
 
         # get_weights takes one input it ignores: the Java/Kotlin runSignature refuses an empty input map.
-        @tf.function(input_signature=[tf.TensorSpec([], tf.float32, name="unused")])
+        @tf.function(input_signature=[tf.TensorSpec([], tf.float32, name="unused")], autograph=False)
         def get_weights(unused: Any) -> dict[str, Any]:
             del unused
             return {name: tf.identity(v) for name, v in self._named().items()}
 
-        @tf.function(input_signature=[tf.TensorSpec(w.shape, tf.float32, name=w.name) for w in self.weight_specs])
+        @tf.function(input_signature=[tf.TensorSpec(w.shape, tf.float32, name=w.name) for w in self.weight_specs],
+                     autograph=False)
         def set_weights(*values: Any) -> dict[str, Any]:
             for variable, value in zip(self.weights, values, strict=True):
                 variable.assign(value)

@@ -130,8 +130,11 @@ def core_model() -> keras.Model:
     normalization.adapt(np.random.default_rng(1).normal(1.0, 2.0, (64, 4, 6)).astype(np.float32))
     x = normalization(keras.layers.Rescaling(0.5, offset=0.25)(inputs))
     x = keras.layers.Flatten()(keras.layers.Dense(3, activation="tanh")(x))
-    x = keras.layers.Concatenate()([keras.layers.Dense(2, activation=name, name=f"dense_{name}")(x)
-                                    for name in sorted(ACTIVATIONS)])
+    # Each activation after a biased and a bias-free matmul: the converter once dropped a min/max relu6 that
+    # directly followed a matmul.
+    x = keras.layers.Concatenate()([
+        keras.layers.Dense(2, activation=name, use_bias=bias, name=f"dense_{name}_{bias}")(x)
+        for name in sorted(ACTIVATIONS) for bias in (True, False)])
     x = keras.layers.Dense(6)(x)
     wide = keras.layers.Rescaling(4.0)(x)  # so that ReLU(max_value=6) sees inputs on both sides of 6
     x = keras.layers.Add()([
@@ -160,7 +163,7 @@ def text_model() -> keras.Model:
     inputs = keras.Input((7,), dtype="int32")
     x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(30, 8)(inputs))
     x = keras.layers.Dense(8, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(1)(x), name="text")
+    return keras.Model(inputs, keras.layers.Dense(1, use_bias=False)(x), name="text")  # a bare logit into the loss
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))

@@ -26,7 +26,9 @@ def relu6(x: Tensor) -> tuple[Tensor, Any]:
     def grad(upstream: Tensor) -> Tensor:
         return upstream * inside
 
-    return tf.minimum(tf.maximum(x, 0.0), 6.0), grad
+    # Not min(max(x, 0), 6): right after a matmul with no bias, the converter fuses that pattern into the
+    # matmul and then drops it (BATCH_MATMUL has no fused activation), silently leaving x unclipped.
+    return x * inside + 6.0 * tf.cast(x >= 6, x.dtype), grad
 
 
 def leaky_relu(slope: float) -> Callable[[Tensor], Tensor]:

@@ -16,31 +16,14 @@ from model_export.keras_export.activations import (
     relu6,
     softmax,
 )
-from model_export.keras_export.registry import Params, config_problems, lowers
+from model_export.keras_export.registry import Params, config_problems, lowers, weight_problems
 from model_export.layers import relu
 
 Tensor = Any
 
 
 def _dense_problems(layer: Any) -> list[str]:
-    return activation_problems(layer) + _regularizer_problems(layer) + _variant_problems(layer)
-
-
-def _regularizer_problems(layer: Any) -> list[str]:
-    """Regularizers and constraints change Keras's step in ways the artifact's loss does not include."""
-    config = layer.get_config()
-    return [f"{key}={config[key]!r}; supported: None (the artifact trains on the data loss alone)"
-            for key in sorted(config) if key.endswith(("_regularizer", "_constraint")) and config[key] is not None]
-
-
-def _variant_problems(layer: Any) -> list[str]:
-    """LoRA and quantized layers compute their weights from several variables; only the plain layer is lowered."""
-    found = []
-    if getattr(layer, "lora_enabled", False):
-        found.append("LoRA enabled; supported: a plain layer (merge the LoRA weights first)")
-    if getattr(layer, "quantization_mode", None):
-        found.append(f"quantized ({layer.quantization_mode}); supported: float32 weights")
-    return found
+    return activation_problems(layer) + weight_problems(layer)
 
 
 @lowers("Dense", problems=_dense_problems)

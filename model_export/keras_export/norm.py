@@ -33,14 +33,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from model_export.keras_export.core import _regularizer_problems, _variant_problems
-from model_export.keras_export.registry import Params, config_problems, lowers
+from model_export.keras_export.registry import Params, config_problems, lowers, weight_problems
 
 Tensor = Any
 
 
 def _batch_norm_problems(layer: Any) -> list[str]:
-    found = _regularizer_problems(layer)
+    found = weight_problems(layer)
     rank = getattr(getattr(layer, "input_spec", None), "ndim", None)
     if layer.axis != -1 and (rank is None or layer.axis != rank - 1):
         found.append(f"axis={layer.axis}; supported: -1 (channels last)")
@@ -60,8 +59,7 @@ def batch_normalization(layer: Any, params: Params, x: Tensor, training: bool) -
 
 
 def _embedding_problems(layer: Any) -> list[str]:
-    return (config_problems(layer, mask_zero=(False,)) + _regularizer_problems(layer)
-            + _variant_problems(layer))
+    return config_problems(layer, mask_zero=(False,)) + weight_problems(layer)
 
 
 @lowers("Embedding", problems=_embedding_problems)

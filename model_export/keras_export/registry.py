@@ -44,6 +44,20 @@ def lowers(*class_names: str, problems: Problems = no_problems) -> Callable[[Low
     return register
 
 
+def weight_problems(layer: Any) -> list[str]:
+    """What about a layer's weights the artifact cannot reproduce: regularizers and constraints (they change
+    Keras's step in ways the artifact's data loss does not include), LoRA and quantized variants (their
+    weights are computed from several variables; only the plain layer is lowered)."""
+    config = layer.get_config()
+    found = [f"{key}={config[key]!r}; supported: None (the artifact trains on the data loss alone)"
+             for key in sorted(config) if key.endswith(("_regularizer", "_constraint")) and config[key] is not None]
+    if getattr(layer, "lora_enabled", False):
+        found.append("LoRA enabled; supported: a plain layer (merge the LoRA weights first)")
+    if getattr(layer, "quantization_mode", None):
+        found.append(f"quantized ({layer.quantization_mode}); supported: float32 weights")
+    return found
+
+
 def config_problems(layer: Any, **supported: tuple[Any, ...]) -> list[str]:
     """A problem for each ``layer.get_config()[key]`` that is not among its supported values."""
     config = layer.get_config()

@@ -61,9 +61,6 @@ def lower_keras(model: keras.Model, options: KerasExport) -> GraphModel:
     names = {id(v): name for v, name, _ in roles.trainable}
     takes_ints = "int" in str(graph.inputs[0].dtype)
 
-    # Every branch of a lowering is decided in Python, so AutoGraph has nothing to convert; left on, it
-    # re-parses Keras's graph walk and every lowering on each trace, most of an export's tracing time.
-    @tf.autograph.experimental.do_not_convert
     def forward(weights: Mapping[str, Tensor], x: Tensor, training: bool) -> Tensor:
         constants: dict[int, Tensor] = {}
 
@@ -99,7 +96,7 @@ def lower_keras(model: keras.Model, options: KerasExport) -> GraphModel:
 
 def leaf_layers(model: Any) -> Iterable[Any]:
     """The model's operations in graph order, nested models opened up."""
-    for operation in model.operations:
+    for operation in _functional(model).operations:
         if isinstance(operation, keras.layers.InputLayer):
             continue
         inner = _graph_of(operation) if isinstance(operation, keras.Model) else None
