@@ -1,7 +1,7 @@
 """A Keras artifact trains identically under ai-edge-litert and under tflite-runtime 2.14.
 
-The model exercises every op pattern the Keras lowering emits (core.py, activations.py, norm.py):
-its forward passes and their hand-written gradients. Dropout's RANDOM_UNIFORM cannot be compared
+Two models exercise every op pattern the Keras lowering emits (core.py, activations.py, norm.py; conv.py):
+their forward passes and their hand-written gradients. Dropout's RANDOM_UNIFORM cannot be compared
 across runtimes (the draws differ), so a rate of 0 keeps that model deterministic, and a second test
 checks that a dropout artifact runs and drops at its rate under tflite-runtime.
 """
@@ -60,19 +60,59 @@ def every_pattern_model() -> object:
 
 
 def test_a_keras_artifact_trains_the_same_under_both_runtimes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, VOCABULARY, (60, LENGTH)).astype(np.float32)
+    patterns = {"GATHER", "UNSORTED_SEGMENT_SUM", "MEAN", "CONCATENATION", "SPLIT_V", "SELECT_V2", "LOGISTIC", "TANH",
+                "SOFTMAX", "FULLY_CONNECTED", "BATCH_MATMUL"}
+    assert_same_under_both_runtimes(every_pattern_model(), x, rng.integers(0, 3, 60), patterns, tmp_path)
+
+
+def conv_model() -> object:
+    """Every conv.py pattern: both patch paths (fewer and more than 4 channels), strides, same/valid, depthwise and
+    separable, max and average pooling with their gradients, zero padding, global pooling, and frozen convolutions
+    between trainable layers (CONV_2D with a TRANSPOSE_CONV input gradient; DEPTHWISE_CONV_2D)."""
+    import keras
+
+    keras.utils.set_random_seed(13)
+    inputs = keras.Input((9, 9, 2))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same")(x)
+    x = keras.layers.SeparableConv2D(6, 3, padding="same", activation="relu6")(x)
+    x = keras.layers.MaxPooling2D(2, strides=1, padding="same")(x)
+    x = keras.layers.AveragePooling2D(2, padding="same")(keras.layers.ZeroPadding2D(1)(x))
+    frozen_conv = keras.layers.Conv2D(5, 2, padding="valid", name="frozen_conv")
+    frozen_depthwise = keras.layers.DepthwiseConv2D(2, padding="same", name="frozen_depthwise")
+    x = frozen_depthwise(frozen_conv(x))
+    frozen_conv.trainable = frozen_depthwise.trainable = False
+    x = keras.layers.Conv2D(6, 1, activation="tanh")(x)
+    pooled = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(x),
+                                         keras.layers.GlobalMaxPooling2D()(x)])
+    model = keras.Model(inputs, keras.layers.Dense(3)(pooled), name="conv-patterns")
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_a_conv_artifact_trains_the_same_under_both_runtimes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    patterns = {"DEPTHWISE_CONV_2D", "CONV_2D", "TRANSPOSE_CONV", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD",
+                "BATCH_MATMUL", "SLICE", "CONCATENATION"}
+    assert_same_under_both_runtimes(conv_model(), rng.normal(size=(40, 9, 9, 2)).astype(np.float32),
+                                    rng.integers(0, 3, 40), patterns, tmp_path)
+
+
+def assert_same_under_both_runtimes(model: object, x: np.ndarray, y: np.ndarray, patterns: set[str],
+                                    tmp_path: Path) -> None:
+    """Export ``model`` (it must emit ``patterns``), train it 3 epochs on (x, y) under each runtime in its own
+    process, and compare the weights."""
     from model_export.convert import check_file
     from model_export.keras_export import KerasExport, export_keras
 
     artifact = tmp_path / "artifact"
-    export_keras(every_pattern_model(), artifact,
-                 KerasExport(batch_size=8, optimizer=OptimizerConfig("sgd", 0.02, momentum=0.9)))
+    export_keras(model, artifact, KerasExport(batch_size=8, optimizer=OptimizerConfig("sgd", 0.02, momentum=0.9)))
     ops = check_file(artifact / "model.tflite")
-    patterns = {"GATHER", "UNSORTED_SEGMENT_SUM", "MEAN", "CONCATENATION", "SPLIT_V", "SELECT_V2", "LOGISTIC", "TANH",
-                "SOFTMAX", "RELU6", "HARD_SWISH", "FULLY_CONNECTED", "BATCH_MATMUL"}
     assert patterns <= ops, f"the model no longer emits {sorted(patterns - ops)}"
-    rng = np.random.default_rng(12)
     data = tmp_path / "data.npz"
-    np.savez(data, x=rng.integers(0, VOCABULARY, (60, LENGTH)).astype(np.float32), y=rng.integers(0, 3, 60))
+    np.savez(data, x=x, y=y)
 
     litert = _train(Path(sys.executable), "ai_edge_litert", artifact, data, tmp_path / "litert.safetensors")
     legacy = _train(_legacy_python(), "tflite_runtime", artifact, data, tmp_path / "legacy.safetensors")
