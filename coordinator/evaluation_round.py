@@ -19,9 +19,11 @@ from edge_runtime.protocol import EvaluateTask, EvaluationReport, TaskFailed
 
 
 class EvaluationRound:
-    def __init__(self, task: EvaluateTask, selected: frozenset[str]) -> None:
+    def __init__(self, task: EvaluateTask, selected: frozenset[str], personal: bool = False) -> None:
+        """``personal``: the artifact has personal weights; only then may a report carry personalized sums."""
         self.task = task
         self.selected = selected
+        self.personal = personal
         self.rejected: Counter[str] = Counter()
         self.failed = 0
         self._reports: dict[str, EvaluationReport] = {}
@@ -43,7 +45,7 @@ class EvaluationRound:
             reason = WRONG_TASK
         elif sender in self._answered:
             reason = DUPLICATE
-        elif isinstance(message, EvaluationReport) and not _plausible(message):
+        elif isinstance(message, EvaluationReport) and not _plausible(message, self.personal):
             reason = BAD_METADATA
         if reason is not None:
             self.rejected[reason] += 1
@@ -60,11 +62,11 @@ class EvaluationRound:
         return replace(combined, failed=self.failed) if combined is not None else None
 
 
-def _plausible(report: EvaluationReport) -> bool:
+def _plausible(report: EvaluationReport, personal: bool) -> bool:
     """Sums a device can have computed: counts within its examples, finite losses >= 0; the personalized pair
-    both given or both absent."""
+    both given or both absent, and given only for an artifact with personal weights."""
     personalized = (report.personalized_loss_sum, report.personalized_correct)
-    if personalized != (None, None) and not _sums(report.examples, *personalized):
+    if personalized != (None, None) and not (personal and _sums(report.examples, *personalized)):
         return False
     return report.examples >= 0 and _sums(report.examples, report.loss_sum, report.correct)
 

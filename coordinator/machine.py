@@ -112,8 +112,9 @@ class _Started:
 class RoundMachine:
     def __init__(self, config: CoordinatorConfig, state: ServerState, strategy: Strategy[Any],
                  specs: tuple[WeightSpec, ...], bundle: bytes, *, payload_limit: int, task_lr: float,
-                 evaluator: Callable[[Arrays], Metrics] | None = None,
+                 evaluator: Callable[[Arrays], Metrics] | None = None, personal: bool = False,
                  new_id: Callable[[], str] = lambda: secrets.token_hex(8)) -> None:
+        """``personal``: the artifact has personal weights, so devices report personalized sums too."""
         self.config = config
         self.state = state
         self.topics = Topics(config.federation)
@@ -121,6 +122,7 @@ class RoundMachine:
         self.phase: Phase = "settling"
         self._strategy, self._specs, self._bundle = strategy, specs, bundle
         self._limit, self._lr, self._evaluator, self._new_id = payload_limit, task_lr, evaluator, new_id
+        self._personal = personal
         self._tally = Tally()  # counts for the next round line: that round, its evaluation, and the wait before it
         self._round: OpenRound | None = None
         self._evaluation: EvaluationRound | None = None
@@ -291,7 +293,7 @@ class RoundMachine:
         _, _, chosen = self._choose(1, self.config.seed + 1, number)
         task = EvaluateTask(self._new_id(), number, self.state.model_version, self.state.artifact_id,
                             now.clock + self.config.round_timeout)
-        self._evaluation = EvaluationRound(task, chosen)
+        self._evaluation = EvaluationRound(task, chosen, self._personal)
         for device in sorted(chosen):
             self._publish(self.topics.task(device), encode(task))
         self.phase, self._phase_until = "evaluating", task.deadline

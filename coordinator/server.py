@@ -74,7 +74,7 @@ class Coordinator:
                               lambda: select(self.artifact.initial_weights(), manifest.federated))
         self.machine = RoundMachine(config, state, self.strategy, manifest.federated,
                                     bundle_files(files, MANIFEST_FILE), payload_limit=limit, task_lr=lr,
-                                    evaluator=evaluator)
+                                    evaluator=evaluator, personal=bool(manifest.personal))
         # Bounded: when updates arrive faster than they are checked, paho's thread waits here, the socket
         # stops being read and the broker holds the rest; a streaming strategy's memory stays O(model), not
         # O(devices x model). A buffered one holds the round's accepted updates, said once here.

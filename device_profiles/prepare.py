@@ -36,7 +36,7 @@ from edge_runtime.artifact import Artifact
 from edge_runtime.cache import cache_home
 from edge_runtime.data import Dataset, read_arrays
 from edge_runtime.errors import ArtifactError, DataError
-from edge_runtime.manifest import MANIFEST_FILE, Manifest, OptimizerConfig
+from edge_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, OptimizerConfig
 
 if TYPE_CHECKING:
     from model_export.spec import ModelSpec
@@ -216,7 +216,9 @@ def model_spec(config: FleetConfig, train: Dataset, classes: int, family: str) -
 
 def _exported(config: FleetConfig, train: Dataset, classes: int, family: str, cache: Path) -> Path:
     spec = model_spec(config, train, classes, family)
-    cached = cache / hashlib.sha256(repr(spec).encode()).hexdigest()[:24]
+    # Keyed by the artifact format too: an artifact cached by an older edgefl (format 1, no proximal term) is
+    # not reused for a spec that has not changed.
+    cached = cache / hashlib.sha256(repr((FORMAT_VERSION, spec)).encode()).hexdigest()[:24]
     if not cached.is_dir():
         log.info("exporting %s (TensorFlow, builtin ops only)", spec.name)
         cache.mkdir(parents=True, exist_ok=True)

@@ -344,12 +344,12 @@ class DeviceAgent:
                              mu=task.mu, on_step=lambda step, loss: self._check_continue(task, step + 1))
         self._wait(task, self.pace.compute_wait_s(result.wall_time_s), result.steps)
         local = trainer.get_weights()
-        if manifest.personal:
-            model.personal = select(local, manifest.personal)
-            self._personal.save(model.artifact_id, model.personal)
         update = self._updates.encode(self.config.device_id, task, select(local, manifest.federated), base,
                                       len(data), result.mean_loss)
         self._wait(task, self.pace.upload_wait_s(len(update.payload)), result.steps)
+        if manifest.personal:  # only now: a task abandoned before its upload keeps the previous ones
+            model.personal = select(local, manifest.personal)
+            self._personal.save(model.artifact_id, model.personal)
         log.info("%s: round %d: trained in %.2f s, loss %.4f, update norm %.3f (bound %.3f), sending %d bytes",
                  self.config.device_id, task.round, result.wall_time_s, result.mean_loss, update.header.norm,
                  task.clip_norm, len(update.payload))

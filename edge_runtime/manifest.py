@@ -216,9 +216,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.format_version) and self.format_version in READABLE_VERSIONS, "format_version",
-               f"one of {READABLE_VERSIONS} (this runtime's formats; a newer artifact needs a newer edgefl)",
-               self.format_version)
+        _check_version(self.format_version)
         _check(isinstance(self.model_name, str) and bool(self.model_name), "model_name", "a non-empty string",
                self.model_name)
         for name in ("tflite_sha256", "weights_sha256"):
@@ -281,7 +279,8 @@ class Manifest:
         return str(self.exporter.get("family", "custom"))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        """Always format 2 (a manifest read from format 1 is written in the new layout)."""
+        return json.dumps({**asdict(self), "format_version": FORMAT_VERSION}, indent=2, sort_keys=False) + "\n"
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST_FILE
@@ -291,9 +290,8 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         _check(isinstance(data, Mapping), "<root>", "a JSON object", type(data).__name__)
-        version = data.get("format_version", 1)
-        _check(_is_int(version) and version in READABLE_VERSIONS, "format_version",
-               f"one of {READABLE_VERSIONS} (this runtime's formats; a newer artifact needs a newer edgefl)", version)
+        version = data.get("format_version", 1)  # format 1 did not require it
+        _check_version(version)
         fields = _from_version_1(data) if version == 1 else dict(data)
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(fields) - known)
@@ -328,11 +326,23 @@ class Manifest:
 
 
 _VERSION_1_ONLY = ("family", "normalization", "architecture")
+_VERSION_2_ONLY = ("output_size", "proximal", "base_sha256", "exporter")
+
+
+def _check_version(version: object) -> None:
+    _check(_is_int(version) and version in READABLE_VERSIONS, "format_version",
+           f"one of {READABLE_VERSIONS} (this runtime's formats; a newer artifact needs a newer edgefl)", version)
 
 
 def _from_version_1(data: Mapping[str, Any]) -> dict[str, Any]:
     """A format-1 manifest's fields in format 2's layout: the family, normalization and architecture, checked
     as version 1 checked them, move under ``exporter``."""
+    newer = sorted(set(data) & set(_VERSION_2_ONLY))
+    _check(not newer, "<root>", "only format 1's fields in a format_version 1 manifest", newer)
+    weights = data.get("weights")
+    personal = [w.get("name") for w in weights if isinstance(w, Mapping) and "personal" in w] \
+        if isinstance(weights, list) else []
+    _check(not personal, "weights[].personal", "absent in format 1 (it has no personal weights)", personal)
     fields = {k: v for k, v in data.items() if k not in _VERSION_1_ONLY}
     _check("family" in data, "<root>", "every required field", "missing ['family']")
     _check(data["family"] in FAMILIES, "family", f"one of {FAMILIES}", data["family"])

@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
                                      "anything else is refused before conversion, every problem listed.")
     k.add_argument("model", type=Path, metavar="MODEL.keras", help="the saved Keras model")
     k.add_argument("--trainable-from", metavar="LAYER",
-                   help="freeze every layer before LAYER (a frozen base: constants, forward only, never sent)")
+                   help="freeze every layer LAYER depends on (a frozen base: constants, forward only, never sent)")
     k.add_argument("--personal", type=name_list, default=(), metavar="LAYER,...",
                    help="layers whose weights train on the device and never leave it")
     k.add_argument("--loss", choices=LOSSES, help="loss to train (default: the model's compiled loss)")

@@ -69,6 +69,9 @@ def export_graph(graph: GraphModel, out_dir: Path | str) -> Manifest:
     """
     out = Path(out_dir)
     _check_destination(out)
+    if all(w.personal for w in graph.weights):
+        raise ExportError(f"model {graph.name!r}: no weight would travel (every trainable weight is frozen or "
+                          "personal); expected at least one trainable layer that is neither")
     module = TrainableModule(graph)
     flatbuffer = convert(module)
     weights_bytes = weights_to_bytes(dict(graph.initial))

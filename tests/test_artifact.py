@@ -225,3 +225,22 @@ def test_a_format_1_artifact_still_loads_and_trains() -> None:
     assert trainer.evaluate(x, y).loss < before
     with pytest.raises(Exception, match="exported without one"):
         trainer.fit(x, y, epochs=1, mu=0.1)
+
+
+def test_a_format_1_manifest_with_format_2_fields_is_refused_and_a_read_one_is_written_as_format_2(
+        tmp_path: Path) -> None:
+    source = Path(__file__).parent / "data" / "artifact-format-1"
+    folder = Path(shutil.copytree(source, tmp_path / "v1"))
+    data = json.loads((folder / "manifest.json").read_text())
+    for field, value in (("proximal", True), ("exporter", {})):
+        (folder / "manifest.json").write_text(json.dumps({**data, field: value}))
+        with pytest.raises(ManifestError, match=rf"only format 1's fields.*\['{field}'\]"):
+            Manifest.read(folder)
+    personal = {**data, "weights": [{**data["weights"][0], "personal": True}, *data["weights"][1:]]}
+    (folder / "manifest.json").write_text(json.dumps(personal))
+    with pytest.raises(ManifestError, match="absent in format 1"):
+        Manifest.read(folder)
+    manifest = Manifest.read(source)
+    rewritten = json.loads(manifest.to_json())
+    assert rewritten["format_version"] == 2 and "family" not in rewritten
+    assert Manifest.from_dict(rewritten) == manifest.__class__(**{**vars(manifest), "format_version": 2})

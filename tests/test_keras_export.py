@@ -139,3 +139,69 @@ def test_personal_layers_are_flagged_and_kept_by_a_global_model(saved: Path, tmp
     after = trainer.get_weights()
     assert all(np.array_equal(after[w.name], mine[w.name]) for w in trainer.manifest.personal)
     assert all(not after[w.name].any() for w in trainer.manifest.federated)
+
+
+def test_a_uint8_image_input_is_rescaled_in_float(tmp_path: Path) -> None:
+    """Only Embedding needs integer ids (it casts them itself); the rest of a model takes float32 x."""
+    from model_export.keras_export import KerasExport, export_keras
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((4, 4, 1), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    export_keras(model, tmp_path / "a", KerasExport(batch_size=BATCH))
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 4, 4, 1))
+    np.testing.assert_allclose(Trainer(Artifact.load(tmp_path / "a")).predict(pixels.astype(np.float32)),
+                               model.predict(pixels.astype(np.uint8), verbose=0), atol=1e-5)
+
+
+def test_a_layer_shared_by_a_nested_model_and_the_outer_one_is_one_weight(tmp_path: Path) -> None:
+    from model_export.keras_export import KerasExport, lower_keras
+
+    shared = keras.layers.Dense(FEATURES, activation="tanh", name="shared")
+    inner_in = keras.Input((FEATURES,))
+    inner = keras.Model(inner_in, shared(inner_in), name="inner")
+    inputs = keras.Input((FEATURES,))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES, name="out")(shared(inner(inputs))))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    graph = lower_keras(model, KerasExport(batch_size=BATCH))
+    assert [w.name for w in graph.weights] == ["shared_kernel", "shared_bias", "out_kernel", "out_bias"]
+
+
+def branching_model() -> keras.Model:
+    """stem feeds two branches, ``left`` and ``right``, which are added; Keras orders them stem, left, right."""
+    inputs = keras.Input((FEATURES,))
+    stem = keras.layers.Dense(8, activation="relu", name="stem")(inputs)
+    left = keras.layers.Dense(8, name="left")(stem)
+    right = keras.layers.Dense(8, name="right")(stem)
+    joined = keras.layers.Add(name="join")([left, right])
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES, name="head")(joined))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_trainable_from_freezes_what_the_layer_depends_on_not_what_comes_before_it() -> None:
+    from model_export.keras_export import KerasExport, lower_keras
+
+    graph = lower_keras(branching_model(), KerasExport(trainable_from="right"))
+    assert {w.name.rsplit("_", 1)[0] for w in graph.weights} == {"left", "right", "head"}  # stem only is frozen
+    assert graph.exporter["frozen_parameters"] == FEATURES * 8 + 8
+
+
+def test_loss_settings_that_change_the_step_and_models_with_nothing_to_send_are_refused(tmp_path: Path) -> None:
+    from model_export.errors import ExportError, UnsupportedModelError
+    from model_export.keras_export import KerasExport, export_keras, lower_keras
+
+    model = branching_model()
+    summed = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    with pytest.raises(UnsupportedModelError, match=r"reduction='sum'.*with label_smoothing=0.0, "
+                                                    r"reduction='sum_over_batch_size'"):
+        lower_keras(model, KerasExport(loss=summed))
+    with pytest.raises(ExportError, match="no weight would travel"):
+        export_keras(model, tmp_path / "a", KerasExport(trainable_from="head", personal=("head",)))
+    assert not (tmp_path / "a").exists()
+    channels_first = keras.Sequential([keras.Input((2, 3, 3)), keras.layers.Flatten(data_format="channels_first"),
+                                       keras.layers.Dense(CLASSES)])
+    with pytest.raises(UnsupportedModelError, match=r"\(Flatten\): data_format='channels_first'"):
+        lower_keras(channels_first, KerasExport(loss="sparse_categorical_crossentropy"))

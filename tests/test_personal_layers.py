@@ -139,13 +139,19 @@ def test_personalized_metrics_are_example_weighted_over_the_reports_that_carry_t
                          ids=["correct-above-examples", "negative-correct", "negative-loss", "inf-loss",
                               "loss-without-correct", "correct-without-loss"])
 def test_implausible_personalized_sums_are_refused(personalized: tuple[float | None, int | None]) -> None:
-    evaluation = EvaluationRound(TASK, frozenset({"a"}))
+    evaluation = EvaluationRound(TASK, frozenset({"a"}), personal=True)
     assert evaluation.offer("a", True, evaluation_report("a", 4, 2.0, 1, personalized)) == BAD_METADATA
     assert evaluation.metrics() is None
 
 
+def test_personalized_sums_for_an_artifact_without_personal_weights_are_refused() -> None:
+    """Otherwise one device could make a personalized accuracy appear for a model that has none."""
+    evaluation = EvaluationRound(TASK, frozenset({"a"}), personal=False)
+    assert evaluation.offer("a", True, evaluation_report("a", 4, 2.0, 1, (1.0, 3))) == BAD_METADATA
+
+
 def test_the_round_line_shows_the_personalized_accuracy() -> None:
-    evaluation = EvaluationRound(TASK, frozenset({"a"}))
+    evaluation = EvaluationRound(TASK, frozenset({"a"}), personal=True)
     assert evaluation.offer("a", True, evaluation_report("a", 4, 2.0, 1, (1.0, 3))) is None
     metrics = evaluation.metrics()
     plan = RoundPlan(3, "t", 1, frozenset({"a"}), 1, 1, 1, 1.0, 10.0)

@@ -19,16 +19,47 @@ from model_export.losses import with_logits
 Tensor = Any
 
 
+def relu6(x: Tensor) -> Tensor:
+    """``min(max(x, 0), 6)`` in the form the converter fuses into the op before it, where that is safe.
+
+    The converter fuses a min/max relu6 into the op that produced ``x`` (CONV_2D, DEPTHWISE_CONV_2D, ADD,
+    ...: a frozen base's convolution, batch normalization and relu6 become one fast op). Right after a bare
+    matrix product it fuses it too, and then drops it (BATCH_MATMUL has no fused activation), silently
+    leaving ``x`` unclipped; there a form it cannot fuse is used instead.
+    """
+    return _relu6_unfused(x) if _bare_matmul(x) else _relu6_fused(x)
+
+
 @tf.custom_gradient
-def relu6(x: Tensor) -> tuple[Tensor, Any]:
+def _relu6_fused(x: Tensor) -> tuple[Tensor, Any]:
     inside = tf.cast(tf.logical_and(x > 0, x < 6), x.dtype)
 
     def grad(upstream: Tensor) -> Tensor:
         return upstream * inside
 
-    # Not min(max(x, 0), 6): right after a matmul with no bias, the converter fuses that pattern into the
-    # matmul and then drops it (BATCH_MATMUL has no fused activation), silently leaving x unclipped.
+    return tf.minimum(tf.maximum(x, 0.0), 6.0), grad
+
+
+@tf.custom_gradient
+def _relu6_unfused(x: Tensor) -> tuple[Tensor, Any]:
+    inside = tf.cast(tf.logical_and(x > 0, x < 6), x.dtype)
+
+    def grad(upstream: Tensor) -> Tensor:
+        return upstream * inside
+
     return x * inside + 6.0 * tf.cast(x >= 6, x.dtype), grad
+
+
+_PASS_THROUGH = ("Identity", "IdentityN", "Reshape")
+_MATMULS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+
+
+def _bare_matmul(x: Tensor) -> bool:
+    """Whether ``x`` is a matrix product, seen through reshapes and identities (custom gradients add those)."""
+    op = getattr(x, "op", None)
+    while op is not None and op.type in _PASS_THROUGH and op.inputs:
+        op = op.inputs[0].op
+    return op is not None and op.type in _MATMULS
 
 
 def leaky_relu(slope: float) -> Callable[[Tensor], Tensor]:

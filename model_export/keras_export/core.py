@@ -9,7 +9,6 @@ import numpy as np
 import tensorflow as tf
 
 from model_export.keras_export.activations import (
-    ACTIVATIONS,
     activate,
     activation_problems,
     leaky_relu,
@@ -73,7 +72,7 @@ def softmax_layer(layer: Any, params: Params, x: Tensor, training: bool) -> Tens
     return softmax(-1)(x)
 
 
-@lowers("Flatten")
+@lowers("Flatten", problems=lambda layer: config_problems(layer, data_format=("channels_last",)))
 def flatten(layer: Any, params: Params, x: Tensor, training: bool) -> Tensor:
     return tf.reshape(x, [-1, math.prod(x.shape[1:])])
 
@@ -146,5 +145,3 @@ def normalization(layer: Any, params: Params, x: Tensor, training: bool) -> Tens
     std = np.maximum(np.sqrt(np.asarray(layer.variance, np.float32)), np.float32(1e-7))
     return (x - tf.constant(mean)) / tf.constant(std)
 
-
-__all__ = ["ACTIVATIONS"]

@@ -28,6 +28,9 @@ from model_export.losses import LOSSES, binary, sparse_categorical
 
 Tensor = Any
 _NOT_A_NAME = re.compile(r"[^A-Za-z0-9_]")
+# Loss settings the artifact's mean over the batch's real rows reproduces; any other value changes Keras's step.
+_LOSS_DEFAULTS: dict[str, Any] = {"label_smoothing": 0.0, "reduction": "sum_over_batch_size", "axis": -1,
+                                  "ignore_class": None}
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,17 @@ def lower_keras(model: keras.Model, options: KerasExport) -> GraphModel:
     layers = list(leaf_layers(graph))
     problems = _io_problems(graph) + _layer_problems(graph, layers)
     loss, loss_problems = _loss(model, options.loss, graph)
-    problems += loss_problems + _option_problems(layers, options)
+    option_problems = _option_problems(graph, layers, options)
+    roles = None if option_problems else _roles(model, graph, layers, options)
+    problems += loss_problems + option_problems
     if problems:
         raise UnsupportedModelError(model.name, problems)
-    assert loss is not None
-    roles = _roles(model, layers, options)
+    assert loss is not None and roles is not None
     specs = tuple(WeightSpec(name, tuple(int(d) for d in v.shape), personal=personal)
                   for v, name, personal in roles.trainable)
     initial = {name: np.asarray(v.numpy(), np.float32) for v, name, _ in roles.trainable}
     frozen = {id(v): np.asarray(v.numpy(), np.float32) for v in roles.frozen}
     names = {id(v): name for v, name, _ in roles.trainable}
-    takes_ints = "int" in str(graph.inputs[0].dtype)
 
     def forward(weights: Mapping[str, Tensor], x: Tensor, training: bool) -> Tensor:
         constants: dict[int, Tensor] = {}
@@ -79,15 +82,14 @@ def lower_keras(model: keras.Model, options: KerasExport) -> GraphModel:
             rule = RULES[type(operation).__name__]
             return lambda *args, **kwargs: rule.lower(operation, params, args[0], training)
 
-        inputs = tf.cast(x, tf.int32) if takes_ints else x
-        return graph._run_through_graph(inputs, operation_fn=lowered)
+        return graph._run_through_graph(x, operation_fn=lowered)  # float32 even for an int input: Embedding casts
 
     output_size = int(graph.outputs[0].shape[-1])
     return GraphModel(
         name=options.name or _NOT_A_NAME.sub("-", model.name), input_shape=_input_shape(graph),
         num_classes=max(output_size, 2), output_size=output_size, batch_size=options.batch_size,
         optimizer=options.optimizer, weights=specs, initial=initial, forward=forward, loss=loss,
-        proximal=options.proximal, base_sha256=_fingerprint(roles.frozen, graph) if roles.frozen else None,
+        proximal=options.proximal, base_sha256=_fingerprint(roles.frozen) if roles.frozen else None,
         exporter={"family": "keras", "keras_version": keras.__version__, "loss": loss.name,
                   "layers": [{"name": layer.name, "class": type(layer).__name__} for layer in layers],
                   "trainable_from": options.trainable_from, "personal": list(options.personal),
@@ -112,21 +114,52 @@ class _Roles:
     frozen: list[Any]
 
 
-def _roles(model: keras.Model, layers: Sequence[Any], options: KerasExport) -> _Roles:
+def _roles(model: keras.Model, graph: Any, layers: Sequence[Any], options: KerasExport) -> _Roles:
+    """Each variable once (a layer may appear in the graph more than once), trainable or frozen."""
     trainable_ids = {id(v) for v in model.trainable_weights}
-    names = [layer.name for layer in layers]
-    first = names.index(options.trainable_from) if options.trainable_from else 0
+    base = upstream_of(graph, options.trainable_from) if options.trainable_from else set()
     trainable: list[tuple[Any, str, bool]] = []
     frozen: list[Any] = []
     taken: set[str] = set()
-    for position, layer in enumerate(layers):
+    seen: set[int] = set()
+    for layer in layers:
         for variable in layer.weights:
-            if id(variable) in trainable_ids and position >= first:
+            if id(variable) in seen:
+                continue
+            seen.add(id(variable))
+            if id(variable) in trainable_ids and id(layer) not in base:
                 name = _weight_name(layer, variable, taken)
                 trainable.append((variable, name, layer.name in options.personal))
             else:
                 frozen.append(variable)
     return _Roles(trainable, frozen)
+
+
+def upstream_of(graph: Any, layer_name: str) -> set[int]:
+    """The ids of every layer that ``layer_name`` depends on (its ancestors in the data flow, through nested
+    models): what ``--trainable-from`` freezes. A parallel branch that merges in later is not among them."""
+    for operation in graph.operations:
+        if operation.name == layer_name:
+            return _ancestors(operation)
+        inner = _graph_of(operation) if isinstance(operation, keras.Model) else None
+        if inner is not None and any(layer.name == layer_name for layer in leaf_layers(inner)):
+            return _ancestors(operation) | upstream_of(inner, layer_name)
+    return set()
+
+
+def _ancestors(operation: Any) -> set[int]:
+    found: set[int] = set()
+    visited: set[int] = set()
+    pending = [t for node in operation._inbound_nodes for t in node.input_tensors]
+    while pending:
+        parent, node_index, _ = pending.pop()._keras_history
+        if id(parent) in visited or isinstance(parent, keras.layers.InputLayer):
+            continue
+        visited.add(id(parent))
+        inner = _graph_of(parent) if isinstance(parent, keras.Model) else None
+        found |= {id(layer) for layer in leaf_layers(inner)} if inner is not None else {id(parent)}
+        pending += parent._inbound_nodes[node_index].input_tensors
+    return found
 
 
 def _weight_name(layer: Any, variable: Any, taken: set[str]) -> str:
@@ -141,7 +174,7 @@ def _weight_name(layer: Any, variable: Any, taken: set[str]) -> str:
     return name
 
 
-def _fingerprint(frozen: Sequence[Any], graph: Any) -> str:
+def _fingerprint(frozen: Sequence[Any]) -> str:
     """SHA-256 over every frozen variable's path, shape and float32 bytes, in graph order."""
     digest = hashlib.sha256()
     for variable in frozen:
@@ -208,18 +241,20 @@ def _layer_problems(graph: Any, layers: Sequence[Any]) -> list[str]:
     return found
 
 
-def _option_problems(layers: Sequence[Any], options: KerasExport) -> list[str]:
+def _option_problems(graph: Any, layers: Sequence[Any], options: KerasExport) -> list[str]:
     names = [layer.name for layer in layers]
     found = []
+    base: set[int] = set()
     if options.trainable_from is not None and options.trainable_from not in names:
         found.append(f"--trainable-from {options.trainable_from!r}: no such layer; layers: {', '.join(names)}")
+    elif options.trainable_from is not None:
+        base = upstream_of(graph, options.trainable_from)
     for name in options.personal:
         if name not in names:
             found.append(f"--personal {name!r}: no such layer; layers: {', '.join(names)}")
             continue
         layer = layers[names.index(name)]
-        first = names.index(options.trainable_from) if options.trainable_from in names else 0
-        if not layer.trainable_weights or names.index(name) < first:
+        if not layer.trainable_weights or id(layer) in base:
             found.append(f"--personal {name!r}: the layer has no trainable weights; personal layers must train")
     return found
 
@@ -236,8 +271,11 @@ def _loss(model: keras.Model, given: Any, graph: Any) -> tuple[Loss | None, list
         config = chosen.get_config()
         name, from_logits = keras.losses.serialize(chosen)["class_name"], bool(config.get("from_logits", False))
         name = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-        if name in LOSSES and config.get("label_smoothing"):
-            return None, [f"loss {name} with label_smoothing; {supported}, without label smoothing"]
+        odd = {key: config[key] for key, usual in _LOSS_DEFAULTS.items() if key in config and config[key] != usual}
+        if name in LOSSES and odd:
+            shown = ", ".join(f"{key}={value!r}" for key, value in odd.items())
+            usual = ", ".join(f"{key}={value!r}" for key, value in _LOSS_DEFAULTS.items())
+            return None, [f"loss {name} with {shown}; {supported}, with {usual}"]
     else:
         return None, [f"loss {chosen!r}; {supported}"]
     outputs = int(graph.outputs[0].shape[-1])
