@@ -1,5 +1,5 @@
-"""Every ``edgefl`` command in the README and docs/FLEET.md parses with the real CLI, and a documented fleet
-command builds a valid fleet configuration."""
+"""Every ``edgefl`` command in the README, FLEET.md, STRATEGIES.md and ARTIFACT.md parses with the real CLI, and
+a documented fleet command builds a valid fleet configuration."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from device_profiles.fleet_config import build_fleet_config
 from tests.test_deploy_docs import code_lines, edgefl_argv, parse_edgefl
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = (ROOT / "README.md", ROOT / "docs" / "FLEET.md", ROOT / "docs" / "STRATEGIES.md")
+PAGES = tuple(ROOT / page for page in ("README.md", "docs/FLEET.md", "docs/STRATEGIES.md", "docs/ARTIFACT.md"))
 IGNORED = ("config", "command", "handler", "verbose", "no_progress")
 
 
