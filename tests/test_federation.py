@@ -62,10 +62,11 @@ def test_a_device_killed_mid_round_does_not_stall_it(federation_files: Federatio
     fleet = devices(federation_files, tmp_path, federation, SYSTEM_BROKER, 5)
     wait_eligible(SYSTEM_BROKER, federation, 5)
     timeout = 12
-    # Every device is selected (goal 5) and trains for a few seconds, so d4 dies while it trains.
+    # Every device is selected (goal 5) and trains for a few seconds (4000 epochs: about 60,000 steps of ~65 us;
+    # four devices share two cores, so about 8 s of the 12), so d4 dies while it trains.
     coord = start(coordinator_command(federation_files, tmp_path, federation, SYSTEM_BROKER, "--rounds", "2",
                               "--fraction", "1", "--min-clients", "4", "--over-select", "1", "--min-reports", "3",
-                              "--round-timeout", str(timeout), "--local-epochs", "6000", "--eval-every", "0"),
+                              "--round-timeout", str(timeout), "--local-epochs", "4000", "--eval-every", "0"),
                   tmp_path / "coordinator.log")
     watcher = Watcher(SYSTEM_BROKER, [f"edgefl/{federation}/devices/d4/task"])
     try:
