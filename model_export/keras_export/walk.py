@@ -123,7 +123,7 @@ def _roles(model: keras.Model, graph: Any, layers: Sequence[Any], options: Keras
     taken: set[str] = set()
     seen: set[int] = set()
     for layer in layers:
-        for variable in layer.weights:
+        for variable in getattr(layer, "weights", ()):  # a keras.ops call among the layers has none
             if id(variable) in seen:
                 continue
             seen.add(id(variable))
