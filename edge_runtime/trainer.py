@@ -56,7 +56,6 @@ class Trainer:
         self._runners: dict[str, Any] = {}
         self._full_mask = np.ones((self.manifest.train_batch_size,), np.float32)
         self._default_lr = np.float32(self.manifest.optimizer.learning_rate)
-        self._mu = np.float32(0.0)
         problems = signature_mismatches(self.manifest, self._runner)
         if problems:
             raise ArtifactError(artifact.folder, "model.tflite does not match its manifest: " + "; ".join(problems))
@@ -108,14 +107,14 @@ class Trainer:
             raise EdgeRuntimeError(f"max_examples must be >= 1, got {max_examples}")
         data = check_arrays(x, y, self.manifest)
         _check_lr(lr)
-        self._mu = self._check_mu(mu)
+        coefficient = self._check_mu(mu)
         per_epoch = min(len(data), max_examples or len(data))
         total_steps = steps if steps is not None else (epochs or 0) * self.steps_per_epoch(per_epoch)
         started = time.perf_counter()
         loss_sum, seen = 0.0, 0
         batches = self._batch_indices(len(data), seed, per_epoch)
         for step, idx in zip(range(total_steps), batches, strict=False):
-            loss = self._step(data.x[idx], data.y[idx], lr)
+            loss = self._step(data.x[idx], data.y[idx], lr, coefficient)
             loss_sum += loss * len(idx)
             seen += len(idx)
             if on_step is not None:
@@ -134,11 +133,11 @@ class Trainer:
         """
         data = check_arrays(x, y, self.manifest)
         _check_lr(lr)
-        self._mu = self._check_mu(mu)
+        coefficient = self._check_mu(mu)
         if len(data) > self.manifest.train_batch_size:
             raise EdgeRuntimeError(f"train_step got {len(data)} rows; expected at most "
                                    f"{self.manifest.train_batch_size} (the artifact's train batch size)")
-        return self._step(data.x, data.y, lr)
+        return self._step(data.x, data.y, lr, coefficient)
 
     def _check_mu(self, mu: float) -> np.float32:
         if not (np.isfinite(mu) and mu >= 0):
@@ -152,7 +151,7 @@ class Trainer:
     def steps_per_epoch(self, examples: int) -> int:
         return -(-examples // self.manifest.train_batch_size)
 
-    def _step(self, x: np.ndarray, y: np.ndarray, lr: float | None) -> float:
+    def _step(self, x: np.ndarray, y: np.ndarray, lr: float | None, mu: np.float32) -> float:
         batch, count = self.manifest.train_batch_size, len(y)
         mask = self._full_mask
         if count < batch:
@@ -163,7 +162,7 @@ class Trainer:
         rate = self._default_lr if lr is None else np.float32(lr)
         inputs = {"x": x, "y": y, "mask": mask, "lr": rate}
         if self.manifest.proximal:
-            inputs["mu"] = self._mu
+            inputs["mu"] = mu
         loss = float(self._runner("train")(**inputs)["loss"])
         if not np.isfinite(loss):
             raise EdgeRuntimeError(f"training diverged: loss is {loss}; lower the learning rate")

@@ -61,7 +61,7 @@ def test_an_example_cap_trains_each_epoch_on_a_fresh_sample_of_that_size(artifac
     trainer = Trainer(artifact)
     seen: list[np.ndarray] = []
     real_step = trainer._step
-    trainer._step = lambda bx, by, lr: (seen.append(bx.copy()), real_step(bx, by, lr))[1]  # type: ignore[method-assign]
+    trainer._step = lambda bx, by, lr, mu: (seen.append(bx.copy()), real_step(bx, by, lr, mu))[1]  # type: ignore[method-assign]
     result = trainer.fit(x, y, epochs=3, max_examples=20, seed=4)
     assert (result.examples_seen, result.steps) == (60, 6)  # 16 + 4 per epoch
     epochs = [np.concatenate(seen[i:i + 2]) for i in (0, 2, 4)]
