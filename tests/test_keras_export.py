@@ -201,6 +201,12 @@ def test_loss_settings_that_change_the_step_and_models_with_nothing_to_send_are_
     with pytest.raises(ExportError, match="no weight would travel"):
         export_keras(model, tmp_path / "a", KerasExport(trainable_from="head", personal=("head",)))
     assert not (tmp_path / "a").exists()
+    inputs = keras.Input((FEATURES,))
+    broadcast = keras.layers.Add(name="join")([keras.layers.Dense(4)(inputs), keras.layers.Dense(1)(inputs)])
+    broadcasting = keras.Model(inputs, keras.layers.Dense(CLASSES)(broadcast))
+    with pytest.raises(UnsupportedModelError, match=r"'join' \(Add\): inputs of shapes \(1,\), \(4,\); supported: "
+                                                    "inputs of one shape"):
+        lower_keras(broadcasting, KerasExport(loss="sparse_categorical_crossentropy"))
     channels_first = keras.Sequential([keras.Input((2, 3, 3)), keras.layers.Flatten(data_format="channels_first"),
                                        keras.layers.Dense(CLASSES)])
     with pytest.raises(UnsupportedModelError, match=r"\(Flatten\): data_format='channels_first'"):

@@ -98,7 +98,14 @@ def dropout(layer: Any, params: Params, x: Tensor, training: bool) -> Tensor:
     return x * keep * (1.0 / (1.0 - layer.rate))
 
 
-@lowers("Add")
+def _add_problems(layer: Any) -> list[str]:
+    shapes = sorted({tuple(t.shape[1:]) for t in layer.input}) if isinstance(layer.input, list) else []
+    if len(shapes) > 1:
+        return [f"inputs of shapes {', '.join(map(str, shapes))}; supported: inputs of one shape (no broadcasting)"]
+    return []
+
+
+@lowers("Add", problems=_add_problems)
 def add(layer: Any, params: Params, inputs: list[Tensor], training: bool) -> Tensor:
     return tf.add_n(list(inputs))
 
