@@ -30,24 +30,23 @@ def relu6(x: Tensor) -> Tensor:
     return _relu6_unfused(x) if _bare_matmul(x) else _relu6_fused(x)
 
 
-@tf.custom_gradient
-def _relu6_fused(x: Tensor) -> tuple[Tensor, Any]:
-    inside = tf.cast(tf.logical_and(x > 0, x < 6), x.dtype)
+def _relu6_with(clip: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """relu6 whose forward value is ``clip(x, inside)`` and whose gradient is ``upstream * inside``."""
 
-    def grad(upstream: Tensor) -> Tensor:
-        return upstream * inside
+    @tf.custom_gradient
+    def activation(x: Tensor) -> tuple[Tensor, Any]:
+        inside = tf.cast(tf.logical_and(x > 0, x < 6), x.dtype)
 
-    return tf.minimum(tf.maximum(x, 0.0), 6.0), grad
+        def grad(upstream: Tensor) -> Tensor:
+            return upstream * inside
+
+        return clip(x, inside), grad
+
+    return activation
 
 
-@tf.custom_gradient
-def _relu6_unfused(x: Tensor) -> tuple[Tensor, Any]:
-    inside = tf.cast(tf.logical_and(x > 0, x < 6), x.dtype)
-
-    def grad(upstream: Tensor) -> Tensor:
-        return upstream * inside
-
-    return x * inside + 6.0 * tf.cast(x >= 6, x.dtype), grad
+_relu6_fused = _relu6_with(lambda x, inside: tf.minimum(tf.maximum(x, 0.0), 6.0))
+_relu6_unfused = _relu6_with(lambda x, inside: x * inside + 6.0 * tf.cast(x >= 6, x.dtype))
 
 
 _PASS_THROUGH = ("Identity", "IdentityN", "Reshape")

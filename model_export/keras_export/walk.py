@@ -52,8 +52,10 @@ def lower_keras(model: keras.Model, options: KerasExport) -> GraphModel:
     layers = list(leaf_layers(graph))
     problems = _io_problems(graph) + _layer_problems(graph, layers)
     loss, loss_problems = _loss(model, options.loss, graph)
-    option_problems = _option_problems(graph, layers, options)
-    roles = None if option_problems else _roles(model, graph, layers, options)
+    names = [layer.name for layer in layers]
+    base = upstream_of(graph, options.trainable_from) if options.trainable_from in names else set()
+    option_problems = _option_problems(layers, base, options)
+    roles = None if option_problems else _roles(model, layers, base, options)
     problems += loss_problems + option_problems
     if problems:
         raise UnsupportedModelError(model.name, problems)
@@ -114,10 +116,10 @@ class _Roles:
     frozen: list[Any]
 
 
-def _roles(model: keras.Model, graph: Any, layers: Sequence[Any], options: KerasExport) -> _Roles:
-    """Each variable once (a layer may appear in the graph more than once), trainable or frozen."""
+def _roles(model: keras.Model, layers: Sequence[Any], base: set[int], options: KerasExport) -> _Roles:
+    """Each variable once (a layer may appear in the graph more than once), trainable or frozen (``base``: the
+    ids of the layers ``--trainable-from`` freezes)."""
     trainable_ids = {id(v) for v in model.trainable_weights}
-    base = upstream_of(graph, options.trainable_from) if options.trainable_from else set()
     trainable: list[tuple[Any, str, bool]] = []
     frozen: list[Any] = []
     taken: set[str] = set()
@@ -241,14 +243,11 @@ def _layer_problems(graph: Any, layers: Sequence[Any]) -> list[str]:
     return found
 
 
-def _option_problems(graph: Any, layers: Sequence[Any], options: KerasExport) -> list[str]:
+def _option_problems(layers: Sequence[Any], base: set[int], options: KerasExport) -> list[str]:
     names = [layer.name for layer in layers]
     found = []
-    base: set[int] = set()
     if options.trainable_from is not None and options.trainable_from not in names:
         found.append(f"--trainable-from {options.trainable_from!r}: no such layer; layers: {', '.join(names)}")
-    elif options.trainable_from is not None:
-        base = upstream_of(graph, options.trainable_from)
     for name in options.personal:
         if name not in names:
             found.append(f"--personal {name!r}: no such layer; layers: {', '.join(names)}")
