@@ -17,7 +17,7 @@ from coordinator.errors import ConfigError
 from coordinator.options import build_options, want
 from coordinator.rounds import DEFAULT_MAX_EXAMPLES
 from coordinator.strategies import HYPERPARAMETERS, Strategy, build_strategy
-from edge_runtime.codecs import CODECS, DEFAULT_CODEC
+from edge_runtime.codecs import CODEC_NAMES, DEFAULT_CODEC, codec_name
 from edge_runtime.errors import ProtocolError
 from edge_runtime.manifest import Manifest
 from edge_runtime.protocol import DEFAULT_FEDERATION, check_name
@@ -83,7 +83,7 @@ class CoordinatorConfig:
         want(self.local_epochs >= 1, "local-epochs", "an integer >= 1", self.local_epochs)
         want(self.lr is None or self.lr > 0, "lr", "a learning rate > 0", self.lr)
         want(self.clip_norm > 0, "clip-norm", "an L2 bound > 0", self.clip_norm)
-        want(self.codec in CODECS, "codec", f"one of {', '.join(CODECS)}", self.codec)
+        want(_is_codec(self.codec), "codec", f"one of {', '.join(CODEC_NAMES)} (docs/COMPRESSION.md)", self.codec)
         want(self.max_examples >= 1, "max-examples", "an integer >= 1", self.max_examples)
         want(self.weighting in ("examples", "uniform"), "weighting", "examples or uniform", self.weighting)
         want(math.isfinite(self.prox_mu) and self.prox_mu >= 0, "prox-mu", "a finite number >= 0 (0: no proximal "
@@ -116,3 +116,11 @@ def check_proximal(prox_mu: float, manifest: Manifest) -> None:
 def build_config(file: Path | None, overrides: Mapping[str, Any]) -> CoordinatorConfig:
     """Values from ``file`` (TOML), then ``overrides`` (flags given on the command line, None = not given)."""
     return build_options(CoordinatorConfig, file, overrides, required=("artifact", "state_dir"))
+
+
+def _is_codec(name: str) -> bool:
+    try:
+        codec_name(name)
+    except ValueError:
+        return False
+    return True

@@ -19,7 +19,6 @@ between ``training``'s tasks and its close.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections import Counter
@@ -41,6 +40,7 @@ from coordinator.rounds import (
     RoundPlan,
     Tally,
     Weighting,
+    task_seed,
 )
 from coordinator.selection import goal_count, select, selection_size
 from coordinator.server_state import Arrays, ServerState
@@ -263,7 +263,7 @@ class RoundMachine:
         eligible, goal, chosen = self._choose(config.min_clients, config.seed, number)
         plan = RoundPlan(number, self._new_id(), self.state.model_version, chosen, eligible, goal,
                          config.min_reports, config.clip_norm, now.clock + config.round_timeout, config.codec,
-                         config.max_examples, cast(Weighting, config.weighting))
+                         config.max_examples, cast(Weighting, config.weighting), config.seed)
         self._round = OpenRound(plan, self.state, self._specs, self._strategy, self._tally)
         for device in sorted(plan.selected):
             task = TrainTask(plan.task_id, number, plan.model_version, self.state.artifact_id, plan.deadline,
@@ -404,7 +404,3 @@ class RoundMachine:
         out, self._out = self._out, []
         return out
 
-
-def task_seed(seed: int, round_number: int, device: str) -> int:
-    """A shuffling seed per device and round, reproducible from the configured seed."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{round_number}/{device}".encode()).digest()[:4], "little")

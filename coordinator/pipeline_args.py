@@ -11,7 +11,7 @@ import argparse
 from coordinator.rounds import DEFAULT_MAX_EXAMPLES
 from coordinator.strategies import STRATEGIES
 from edge_runtime.argtypes import positive_float, positive_int
-from edge_runtime.codecs import CODECS, DEFAULT_CODEC
+from edge_runtime.codecs import CODEC_NAMES, DEFAULT_CODEC, codec_name
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "update pipeline", "how updates travel, how much one may weigh, and how they are aggregated; each strategy "
                            "takes only its own options (docs/STRATEGIES.md)")
     group.add_argument("--strategy", choices=sorted(STRATEGIES), help="aggregation strategy (fedavg)")
-    group.add_argument("--codec", choices=sorted(CODECS), help=f"how devices encode updates ({DEFAULT_CODEC})")
+    group.add_argument("--codec", type=codec_name, metavar="CODEC",
+                       help=f"how devices encode updates: {', '.join(CODEC_NAMES)} (docs/COMPRESSION.md; "
+                            f"{DEFAULT_CODEC})")
     group.add_argument("--max-examples", type=positive_int,
                        help="a device trains on at most this many examples per epoch and reports at most this "
                             f"many; a larger claim is refused ({DEFAULT_MAX_EXAMPLES})")

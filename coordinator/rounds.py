@@ -11,6 +11,7 @@ and keep the model.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -65,6 +66,7 @@ class RoundPlan:
     codec: str = "float32"
     max_examples: int = DEFAULT_MAX_EXAMPLES
     weighting: Weighting = "examples"
+    seed: int = 0  # the configured seed; a device's task seed is task_seed(seed, number, device)
 
 
 @dataclass
@@ -133,7 +135,7 @@ class OpenRound:
             reason = WRONG_CODEC
         checked: Weights = {}
         if reason is None:
-            reason, checked = self._check_tensors(tensors)
+            reason, checked = self._check_tensors(tensors, task_seed(self.plan.seed, self.plan.number, sender))
         if reason is not None:
             self.tally.rejected[reason] += 1
             return reason
@@ -145,12 +147,12 @@ class OpenRound:
         self._examples += header.examples
         return None
 
-    def _check_tensors(self, tensors: Mapping[str, np.ndarray]) -> tuple[str | None, Weights]:
+    def _check_tensors(self, tensors: Mapping[str, np.ndarray], seed: int) -> tuple[str | None, Weights]:
         """Decode with the task's codec, then check: finite, the artifact's names and shapes, within the bound."""
         if has_non_finite(tensors):  # before decoding, which would refuse NaN too but under another reason
             return NON_FINITE, {}
         try:
-            checked = self._codec.decode(tensors, self._specs)
+            checked = self._codec.decode(tensors, self._specs, seed)
         except WeightsError:
             return BAD_TENSORS, {}
         if l2_norm(checked) > self._codec.max_norm(self.plan.clip_norm, self._parameters):
@@ -194,6 +196,11 @@ class OpenRound:
             loss,
             len(self.plan.selected - self._answered), state, diagnostics,
         )
+
+
+def task_seed(seed: int, round_number: int, device: str) -> int:
+    """A device's seed for a round (its data shuffling, its codec's draws), reproducible from the configured seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{round_number}/{device}".encode()).digest()[:4], "little")
 
 
 def has_non_finite(tensors: Mapping[str, np.ndarray]) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_runtime.codecs import get_codec
 from edge_runtime.data import Dataset
-from edge_runtime.manifest import Manifest
+from edge_runtime.manifest import Manifest, WeightSpec
 from edge_runtime.protocol import TrainTask, UpdateHeader, encode_tensors
 from edge_runtime.updates import clip, difference
 from edge_runtime.weights import Weights
@@ -74,4 +74,6 @@ class UpdatePipeline:
             update = stage(update, task)
         header = UpdateHeader(device_id, task.task_id, task.round, task.model_version,
                               reported_examples(examples, task), train_loss, norm, task.codec)
-        return EncodedUpdate(header, encode_tensors(header, get_codec(task.codec).encode(update)))
+        specs = tuple(WeightSpec(name, value.shape) for name, value in base.items())
+        encoded = get_codec(task.codec).encode(update, specs, task.seed, task.clip_norm)
+        return EncodedUpdate(header, encode_tensors(header, encoded.tensors))

@@ -31,9 +31,9 @@ from device_profiles.emulated import DEFAULT_POLICY, emulated_agent
 from device_profiles.fleet_config import FleetConfig, build_fleet_config
 from device_profiles.prepare import DeviceEntry, assign_devices
 from device_profiles.profiles import load_profiles
-from edge_runtime.codecs import CODECS
+from edge_runtime.codecs import get_codec
 from edge_runtime.data import Dataset
-from edge_runtime.manifest import Manifest
+from edge_runtime.manifest import Manifest, WeightSpec
 from edge_runtime.mqtt import BrokerUrl, MqttOptions
 from edge_runtime.protocol import Topics, TrainTask, UpdateHeader, decode_tensors
 from edge_runtime.update_stages import UpdatePipeline
@@ -109,7 +109,7 @@ def test_each_kind_is_injected_as_stages_or_a_transform() -> None:
         hostile("poison", 0, 1)
 
 
-@pytest.mark.parametrize("codec", sorted(CODECS))
+@pytest.mark.parametrize("codec", ["float32", "float16", "int8", "int4", "sign", "rotated-sign", "topk:0.1+int8"])
 @pytest.mark.parametrize("kind", ATTACK_KINDS)
 def test_every_attack_passes_the_coordinators_norm_check_after_encoding(kind: str, codec: str) -> None:
     """The coordinator's check: the decoded update's norm within ``Codec.max_norm`` of the bound."""
@@ -120,9 +120,12 @@ def test_every_attack_passes_the_coordinators_norm_check_after_encoding(kind: st
     update = UpdatePipeline.of(hostile(kind, 0, 3).stages).encode("dev-3", task(bound, codec=codec), local, base,
                                                                    10, 0.5)
     header, wire = decode_tensors(update.payload, UpdateHeader, 1 << 20)
-    sent = {name: value.astype(np.float32) for name, value in wire.items()}
+    specs = tuple(WeightSpec(name, value.shape) for name, value in base.items())
+    sent = get_codec(codec).decode(wire, specs, task(bound).seed)
     assert header.codec == codec
-    assert bound * (1 - 1e-3) < l2_norm(sent) <= CODECS[codec].max_norm(bound, 30 * 40 + 40)
+    assert l2_norm(sent) <= get_codec(codec).max_norm(bound, 30 * 40 + 40)
+    if not get_codec(codec).feedback:  # an unbiased codec keeps the attack at the bound; a biased one shortens it
+        assert l2_norm(sent) > bound * (1 - 1e-2)
 
 
 def test_attackers_are_exactly_the_rounded_fraction_and_reproducible() -> None:

@@ -11,7 +11,7 @@ import pytest
 from coordinator.rounds import BAD_TENSORS, NORM_EXCEEDED, OpenRound, RoundPlan
 from coordinator.server_state import ServerState
 from coordinator.strategies.fedavg import FedAvg
-from edge_runtime.codecs import CODECS, FLOAT16, FLOAT32, get_codec
+from edge_runtime.codecs import CODEC_NAMES, FLOAT16, FLOAT32, get_codec
 from edge_runtime.errors import ProtocolError, WeightsError
 from edge_runtime.manifest import WeightSpec
 from edge_runtime.protocol import UpdateHeader, decode_tensors, encode_tensors
@@ -27,15 +27,16 @@ def update(seed: int = 0, scale: float = 1.0) -> dict[str, np.ndarray]:
 
 
 def test_the_registry_names_each_codec_and_refuses_an_unknown_one() -> None:
-    assert sorted(CODECS) == ["float16", "float32"]
+    assert CODEC_NAMES == ("float32", "float16", "int8", "int4", "sign", "rotated-sign", "topk:FRACTION",
+                           "topk:FRACTION+VALUES")
     assert get_codec("float16") is FLOAT16
-    with pytest.raises(ProtocolError, match=r"codec 'int3' is not known; expected one of \['float16', 'float32'\]"):
+    with pytest.raises(ProtocolError, match=r"codec 'int3' is not known; expected one of float32, float16, int8"):
         get_codec("int3")
 
 
 def test_float32_sends_the_bytes_it_was_given() -> None:
     value = update()
-    encoded = FLOAT32.encode(value)
+    encoded = FLOAT32.encode(value).tensors
     assert all(encoded[n].tobytes() == value[n].tobytes() for n in value)
     decoded = FLOAT32.decode(encoded, SPECS)
     assert all(decoded[n].tobytes() == value[n].tobytes() for n in value)
@@ -44,7 +45,7 @@ def test_float32_sends_the_bytes_it_was_given() -> None:
 def test_float16_halves_the_tensors_and_rounds_each_value_to_nearest() -> None:
     value = {"dense/kernel": np.full((4, 3), 1.0 + 2.0**-12, np.float32),  # halfway: rounds to even, 1.0
              "dense/bias": np.array([0.1, -65504.0, 2.0**-24], np.float32)}
-    encoded = FLOAT16.encode(value)
+    encoded = FLOAT16.encode(value).tensors
     assert {n: t.dtype for n, t in encoded.items()} == {n: np.dtype(np.float16) for n in value}
     decoded = FLOAT16.decode(encoded, SPECS)
     assert all(t.dtype == np.float32 for t in decoded.values())
@@ -73,7 +74,7 @@ def test_a_clipped_update_always_decodes_within_the_declared_norm(codec: object,
     bound = 0.5
     scale = 10.0 ** (seed % 7 - 5)  # from tiny (subnormal in float16) to far above the bound
     clipped, _ = clip(update(seed, scale), bound)
-    decoded = codec.decode(codec.encode(clipped), SPECS)  # type: ignore[attr-defined]
+    decoded = codec.decode(codec.encode(clipped).tensors, SPECS)  # type: ignore[attr-defined]
     assert l2_norm(decoded) <= codec.max_norm(bound, PARAMETERS)  # type: ignore[attr-defined]
 
 
@@ -82,7 +83,7 @@ def test_payload_limits_follow_the_codec() -> None:
     assert FLOAT16.payload_limit(1000) == 2000 + 65536
     clipped, norm = clip(update(), 1.0)
     header = UpdateHeader("d", "t", 1, 0, 5, 0.5, norm, "float16")
-    assert len(encode_tensors(header, FLOAT16.encode(clipped))) <= FLOAT16.payload_limit(PARAMETERS)
+    assert len(encode_tensors(header, FLOAT16.encode(clipped).tensors)) <= FLOAT16.payload_limit(PARAMETERS)
 
 
 def test_the_norm_slack_is_tight_enough_to_refuse_a_scaled_update() -> None:
@@ -99,9 +100,9 @@ def test_a_float16_round_decodes_before_it_checks_and_aggregates_in_float32() ->
     current = OpenRound(plan("float16"), ServerState("ab" * 32, "fedavg", start), SPECS, FedAvg())
     clipped, norm = clip(update(1), 1.0)
     header = UpdateHeader("a", "t", 1, 0, 3, 0.5, norm, "float16")
-    _, wire = decode_tensors(encode_tensors(header, FLOAT16.encode(clipped)), UpdateHeader, 10**6)
+    _, wire = decode_tensors(encode_tensors(header, FLOAT16.encode(clipped).tensors), UpdateHeader, 10**6)
     assert current.offer_update("a", True, header, wire) is None
-    too_long = FLOAT16.encode({n: v * np.float32(1.01) for n, v in clipped.items()})
+    too_long = FLOAT16.encode({n: v * np.float32(1.01) for n, v in clipped.items()}).tensors
     assert current.offer_update("b", True, replace(header, device_id="b"), too_long) == NORM_EXCEEDED
     assert current.offer_update("b", True, replace(header, device_id="b"), clipped) == BAD_TENSORS  # float32 sent
     outcome = current.close("deadline")
