@@ -29,7 +29,7 @@ from typing import Literal
 
 from edge_runtime.artifact import Artifact
 from edge_runtime.backend import select_backend
-from edge_runtime.cache import ArtifactCache, PersonalStore
+from edge_runtime.cache import ArtifactCache, PersonalStore, ResidualStore
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, check_arrays, load_data
 from edge_runtime.errors import EdgeRuntimeError, ProtocolError
 from edge_runtime.mqtt import MqttConnection, MqttOptions
@@ -89,6 +89,7 @@ class _Model:
     artifact_id: str
     data: Dataset
     personal: Weights  # this device's personal weights (empty when the artifact has none)
+    residual: Weights | None = None  # error feedback kept from its last update (edge_runtime.feedback)
 
 
 class DeviceAgent:
@@ -109,6 +110,7 @@ class DeviceAgent:
         self.topics = config.topics
         self._cache = ArtifactCache(config.cache_dir)
         self._personal = PersonalStore(config.cache_dir, config.device_id)
+        self._residuals = ResidualStore(config.cache_dir, config.device_id)
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._newest_task = ""
         self._model: _Model | None = None
@@ -207,7 +209,8 @@ class DeviceAgent:
             self.publish_status()
             return
         personal = self._personal.restore(header.artifact_id, artifact)
-        self._model, self._unusable = _Model(artifact, header.artifact_id, data, personal), ""
+        residual = self._residuals.restore(header.artifact_id, artifact.manifest)
+        self._model, self._unusable = _Model(artifact, header.artifact_id, data, personal, residual), ""
         log.info("%s: model %s (%s) received, %d local examples fit it", self.config.device_id,
                  header.artifact_id[:12], artifact.manifest.model_name, len(data))
         self.publish_status()
@@ -345,11 +348,14 @@ class DeviceAgent:
         self._wait(task, self.pace.compute_wait_s(result.wall_time_s), result.steps)
         local = trainer.get_weights()
         update = self._updates.encode(self.config.device_id, task, select(local, manifest.federated), base,
-                                      len(data), result.mean_loss)
+                                      len(data), result.mean_loss, model.residual)
         self._wait(task, self.pace.upload_wait_s(len(update.payload)), result.steps)
         if manifest.personal:  # only now: a task abandoned before its upload keeps the previous ones
             model.personal = select(local, manifest.personal)
             self._personal.save(model.artifact_id, model.personal)
+        if update.residual is not None:  # likewise: an update never sent leaves the residual as it was
+            model.residual = update.residual
+            self._residuals.save(model.artifact_id, model.residual)
         log.info("%s: round %d: trained in %.2f s, loss %.4f, update norm %.3f (bound %.3f), sending %d bytes",
                  self.config.device_id, task.round, result.wall_time_s, result.mean_loss, update.header.norm,
                  task.clip_norm, len(update.payload))

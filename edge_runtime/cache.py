@@ -1,5 +1,5 @@
 """A device's cache: one verified folder per artifact id (the sha256 of its manifest), and the device's own
-personal weights per artifact."""
+personal weights and error-feedback residual per artifact."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from edge_runtime.artifact import Artifact
 from edge_runtime.errors import ArtifactError, WeightsError
@@ -73,31 +75,41 @@ class ArtifactCache:
         return Artifact(target, staged.manifest)
 
 
-class PersonalStore:
-    """One device's personal weights (trained on it, never sent), kept across rounds and restarts.
+class _DeviceFiles:
+    """One safetensors file per artifact under ``<cache>/<kind>/<device id>/<artifact id>.safetensors``, replaced
+    atomically. The device id is in the path because emulated devices share a cache folder."""
 
-    One safetensors file per artifact, ``<cache>/personal/<device id>/<artifact id>.safetensors``, replaced
-    atomically: a new artifact starts from its own initial personal weights. The device id is in the path
-    because emulated devices share a cache folder.
-    """
-
-    def __init__(self, root: Path, device_id: str) -> None:
+    def __init__(self, root: Path, kind: str, device_id: str) -> None:
         self.device_id = device_id
-        self.folder = Path(root) / "personal" / device_id
+        self.folder = Path(root) / kind / device_id
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.safetensors"
 
+    def read(self, key: str) -> Weights | None:
+        path = self.path(key)
+        return load_weights(path) if path.is_file() else None
+
+    def write(self, key: str, weights: Weights) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_weights(self.path(key), weights, {"artifact_id": key})
+
+
+class PersonalStore(_DeviceFiles):
+    """One device's personal weights (trained on it, never sent), kept across rounds and restarts; a new artifact
+    starts from its own initial personal weights."""
+
+    def __init__(self, root: Path, device_id: str) -> None:
+        super().__init__(root, "personal", device_id)
+
     def load(self, key: str, manifest: Manifest) -> Weights | None:
         """The personal weights saved for artifact ``key``, None if there are none; ``WeightsError`` naming the
         file if they do not fit ``manifest`` (names, shapes, float32, finite)."""
-        path = self.path(key)
-        if not path.is_file():
-            return None
         try:
-            return check_weights(load_weights(path), manifest.personal)
+            saved = self.read(key)
+            return None if saved is None else check_weights(saved, manifest.personal)
         except WeightsError as exc:
-            raise WeightsError(f"personal weights in {path} do not fit artifact {key[:12]}: {exc}") from exc
+            raise WeightsError(f"personal weights in {self.path(key)} do not fit artifact {key[:12]}: {exc}") from exc
 
     def restore(self, key: str, artifact: Artifact) -> Weights:
         """The personal weights to train and evaluate with: the ones saved for artifact ``key``, else (none saved,
@@ -117,5 +129,41 @@ class PersonalStore:
         return select(artifact.initial_weights(), specs)
 
     def save(self, key: str, weights: Weights) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        save_weights(self.path(key), weights, {"artifact_id": key})
+        self.write(key, weights)
+
+
+class ResidualStore(_DeviceFiles):
+    """One device's error-feedback residual (``edge_runtime.feedback``), float64, for the artifact it trains now:
+    it survives a restart, and is deleted when the device moves to another artifact (a residual of one model means
+    nothing to another)."""
+
+    def __init__(self, root: Path, device_id: str) -> None:
+        super().__init__(root, "feedback", device_id)
+
+    def restore(self, key: str, manifest: Manifest) -> Weights | None:
+        """The residual kept for artifact ``key`` (None: start from zero); any other artifact's is deleted. A file
+        that does not fit the manifest is dropped, said in the log."""
+        if self.folder.is_dir():
+            for path in self.folder.glob("*.safetensors"):
+                if path.name != self.path(key).name:
+                    path.unlink(missing_ok=True)
+        try:
+            saved = self.read(key)
+            if saved is not None:
+                _check_residual(saved, manifest)
+        except (WeightsError, OSError) as exc:
+            log.warning("%s: dropping the error-feedback residual in %s: %s", self.device_id, self.path(key), exc)
+            return None
+        return saved
+
+    def save(self, key: str, residual: Weights) -> None:
+        self.write(key, residual)
+
+
+def _check_residual(saved: Weights, manifest: Manifest) -> None:
+    expected = {spec.name: spec.shape for spec in manifest.federated}
+    found = {name: value.shape for name, value in saved.items()}
+    if found != expected:
+        raise WeightsError(f"holds {found}; expected float64 tensors {expected}")
+    if any(value.dtype != np.float64 or not np.all(np.isfinite(value)) for value in saved.values()):
+        raise WeightsError("expected finite float64 tensors")

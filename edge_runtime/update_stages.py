@@ -3,10 +3,11 @@
 ``UpdatePipeline.encode`` turns the weights a task's training produced into
 the payload the device publishes: the difference local - global, clipped to
 the task's bound, passed through the injected ``UpdateStage``s in order, then
-encoded with the codec the task names, behind an ``UpdateHeader`` that names
+encoded with the codec the task names (with error feedback when the codec is
+biased, ``edge_runtime.feedback``), behind an ``UpdateHeader`` that names
 that codec and the examples the update may weigh (capped by the task).
 
-Later stages (error feedback, local noise, masking) plug in as stages. A
+Later stages (local noise, masking) plug in as stages. A
 stage runs after clipping and must keep the update within the clipping bound,
 after the codec's rounding too: the coordinator refuses an update whose norm
 is above the bound plus the codec's slack (``Codec.max_norm``). A physical
@@ -24,6 +25,7 @@ import numpy as np
 
 from edge_runtime.codecs import get_codec
 from edge_runtime.data import Dataset
+from edge_runtime.feedback import encode_with_feedback
 from edge_runtime.manifest import Manifest, WeightSpec
 from edge_runtime.protocol import TrainTask, UpdateHeader, encode_tensors
 from edge_runtime.updates import clip, difference
@@ -47,6 +49,7 @@ class DataTransform(Protocol):
 class EncodedUpdate:
     header: UpdateHeader
     payload: bytes  # what the device publishes on its update topic
+    residual: Weights | None = None  # error feedback to keep once it is sent (None: keep the previous one)
 
 
 def reported_examples(examples: int, task: TrainTask) -> int:
@@ -65,15 +68,15 @@ class UpdatePipeline:
         return cls(tuple(stages))
 
     def encode(self, device_id: str, task: TrainTask, local: Mapping[str, np.ndarray], base: Weights,
-               examples: int, train_loss: float) -> EncodedUpdate:
+               examples: int, train_loss: float, residual: Weights | None = None) -> EncodedUpdate:
         """The payload for ``task``: ``local`` (the trainer's weights after training) against ``base`` (the
         global weights it started from); ``examples`` is the device's count, capped here; the header's norm is
-        the difference's before clipping."""
+        the difference's before clipping; ``residual``: the error feedback kept from the previous update."""
         update, norm = clip(difference(local, base), task.clip_norm)
         for stage in self.stages:
             update = stage(update, task)
         header = UpdateHeader(device_id, task.task_id, task.round, task.model_version,
                               reported_examples(examples, task), train_loss, norm, task.codec)
         specs = tuple(WeightSpec(name, value.shape) for name, value in base.items())
-        encoded = get_codec(task.codec).encode(update, specs, task.seed, task.clip_norm)
-        return EncodedUpdate(header, encode_tensors(header, encoded.tensors))
+        fed = encode_with_feedback(get_codec(task.codec), update, residual, specs, task.seed, task.clip_norm)
+        return EncodedUpdate(header, encode_tensors(header, fed.encoded.tensors), fed.residual)
