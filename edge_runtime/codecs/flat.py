@@ -72,7 +72,12 @@ class FlatCodec:
     def decode(self, tensors: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...], seed: int) -> Weights:
         n = sum(math.prod(spec.shape) for spec in specs)
         check_layout(tensors, self.vector.layout(n), self.name)
-        return unflatten(self.vector.decode(tensors, n, seed), specs)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge scales: refused just below, not warned about
+            x = self.vector.decode(tensors, n, seed)
+        if not np.all(np.isfinite(x)):
+            raise WeightsError(f"decodes to values beyond float32's range (codec {self.name}); its scales are too "
+                               "large for any clipped update")
+        return unflatten(x, specs)
 
     def max_norm(self, bound: float, parameter_count: int) -> float:
         return bound * (1.0 + FLOAT32_NORM_TOLERANCE)

@@ -2,7 +2,7 @@
 their values (after Deep Gradient Compression, Lin et al. 2018; with ``+sign`` it is close to Sattler et al.'s
 sparse ternary compression).
 
-``indices`` is uint32[k], strictly increasing, each below ``n``; the values
+``indices`` is uint16[k] when ``n <= 65536`` (uint32[k] above), strictly increasing, each below ``n``; the values
 follow in the same order, encoded by the composed vector codec (float32 unless
 named). Everything not sent is what the device's error feedback keeps.
 """
@@ -20,6 +20,11 @@ from edge_runtime.errors import WeightsError
 from edge_runtime.weights import Weights
 
 
+def index_dtype(n: int) -> str:
+    """Positions fit 16 bits up to 65,536 values."""
+    return "uint16" if n <= 1 << 16 else "uint32"
+
+
 @dataclass(frozen=True)
 class TopK:
     fraction: float
@@ -31,12 +36,12 @@ class TopK:
 
     def layout(self, n: int) -> Layout:
         k = self.kept(n)
-        return {"indices": ("uint32", (k,)), **self.values.layout(k)}
+        return {"indices": (index_dtype(n), (k,)), **self.values.layout(k)}
 
     def encode(self, x: np.ndarray, rng: np.random.Generator, seed: int) -> Weights:
         k = self.kept(x.size)
         top = np.argpartition(np.abs(x), x.size - k)[x.size - k:] if k < x.size else np.arange(x.size)
-        indices = np.sort(top).astype(np.uint32)
+        indices = np.sort(top).astype(index_dtype(x.size))
         return {"indices": indices, **self.values.encode(x[indices], rng, seed)}
 
     def decode(self, tensors: Mapping[str, np.ndarray], n: int, seed: int) -> np.ndarray:
