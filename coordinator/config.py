@@ -7,23 +7,27 @@ is refused naming it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.codec_choice import AUTO, CodecTable, round_codecs
+from coordinator.downlink import downlink_codec
 from coordinator.errors import ConfigError
 from coordinator.options import build_options, want
 from coordinator.rounds import DEFAULT_MAX_EXAMPLES
 from coordinator.strategies import HYPERPARAMETERS, Strategy, build_strategy
-from edge_runtime.codecs import CODEC_NAMES, DEFAULT_CODEC, codec_name
+from edge_runtime.codecs import CODEC_NAMES, DEFAULT_CODEC, codec_problem
 from edge_runtime.errors import ProtocolError
 from edge_runtime.manifest import Manifest
-from edge_runtime.protocol import DEFAULT_FEDERATION, check_name
+from edge_runtime.protocol import DEFAULT_FEDERATION, NO_DELTAS, check_name
 
 # The update-pipeline options, the same in every command that runs a coordinator (edgefl fleet too).
-PIPELINE_OPTIONS = ("codec", "max_examples", "weighting", "prox_mu", "strategy", "reset_strategy", *HYPERPARAMETERS)
+PIPELINE_OPTIONS = ("codec", "codec_table", "downlink_codec", "max_examples", "weighting", "prox_mu", "strategy",
+                    "reset_strategy", *HYPERPARAMETERS)
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
@@ -48,7 +52,9 @@ class CoordinatorConfig:
     lr: float | None = None
     clip_norm: float = 5.0
     # the update pipeline: how updates travel, how much one may weigh, how they are aggregated
-    codec: str = DEFAULT_CODEC
+    codec: str = DEFAULT_CODEC  # a codec name, or auto: each device's by its link (coordinator.codec_choice)
+    codec_table: tuple[tuple[str, str], ...] = ()  # [codec-table] in TOML: link class = codec, over the defaults
+    downlink_codec: str = NO_DELTAS  # the global model also travels as a delta in this codec (coordinator.downlink)
     max_examples: int = DEFAULT_MAX_EXAMPLES
     weighting: str = "examples"
     prox_mu: float = 0.0  # FedProx: devices add prox_mu * (w - global) to each travelling weight's gradient
@@ -83,7 +89,11 @@ class CoordinatorConfig:
         want(self.local_epochs >= 1, "local-epochs", "an integer >= 1", self.local_epochs)
         want(self.lr is None or self.lr > 0, "lr", "a learning rate > 0", self.lr)
         want(self.clip_norm > 0, "clip-norm", "an L2 bound > 0", self.clip_norm)
-        want(_is_codec(self.codec), "codec", f"one of {', '.join(CODEC_NAMES)} (docs/COMPRESSION.md)", self.codec)
+        want(self.codec == AUTO or codec_problem(self.codec) is None, "codec",
+             f"auto or one of {', '.join(CODEC_NAMES)} (docs/COMPRESSION.md)", self.codec)
+        self.link_codecs  # noqa: B018 -- refuses an unknown link class or codec name in codec-table, naming it
+        want(_downlink_problem(self.downlink_codec) is None, "downlink-codec",
+             f"{NO_DELTAS} or an unbiased codec ({_downlink_problem(self.downlink_codec)})", self.downlink_codec)
         want(self.max_examples >= 1, "max-examples", "an integer >= 1", self.max_examples)
         want(self.weighting in ("examples", "uniform"), "weighting", "examples or uniform", self.weighting)
         want(math.isfinite(self.prox_mu) and self.prox_mu >= 0, "prox-mu", "a finite number >= 0 (0: no proximal "
@@ -99,6 +109,16 @@ class CoordinatorConfig:
         except ProtocolError as exc:
             raise ConfigError("configuration", "federation", "1-64 characters from A-Z a-z 0-9 _ . -",
                               self.federation) from exc
+
+    @functools.cached_property
+    def link_codecs(self) -> CodecTable:
+        """The codec for each link class under ``--codec auto``: the defaults with ``codec-table``'s entries."""
+        return CodecTable.with_overrides(self.codec_table)
+
+    @property
+    def round_codecs(self) -> tuple[str, ...]:
+        """Every codec a task may name: the payload limit allows for the largest."""
+        return round_codecs(self.codec, self.link_codecs)
 
     def build_strategy(self) -> Strategy[Any]:
         return build_strategy(self.strategy, {name: getattr(self, name) for name in HYPERPARAMETERS})
@@ -118,9 +138,10 @@ def build_config(file: Path | None, overrides: Mapping[str, Any]) -> Coordinator
     return build_options(CoordinatorConfig, file, overrides, required=("artifact", "state_dir"))
 
 
-def _is_codec(name: str) -> bool:
+def _downlink_problem(name: str) -> str | None:
     try:
-        codec_name(name)
-    except ValueError:
-        return False
-    return True
+        downlink_codec(name)
+    except ValueError as exc:
+        return str(exc)
+    return None
+

@@ -23,10 +23,13 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
+from coordinator.codec_choice import AUTO, Choice, choose_codec
 from coordinator.config import CoordinatorConfig
+from coordinator.downlink import compress, downlink_codec, downlink_seed
 from coordinator.evaluation import Metrics
 from coordinator.evaluation_round import EvaluationRound
 from coordinator.report import round_line
@@ -45,10 +48,12 @@ from coordinator.rounds import (
 from coordinator.selection import goal_count, select, selection_size
 from coordinator.server_state import Arrays, ServerState
 from coordinator.strategies import Strategy
+from edge_runtime.codecs import DEFAULT_CODEC
 from edge_runtime.errors import ProtocolError
 from edge_runtime.manifest import WeightSpec
 from edge_runtime.protocol import (
     CoordinatorState,
+    DeltaHeader,
     DeviceStatus,
     EvaluateTask,
     EvaluationReport,
@@ -61,6 +66,7 @@ from edge_runtime.protocol import (
     decode_tensors,
     encode,
     encode_tensors,
+    weights_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -123,7 +129,11 @@ class RoundMachine:
         self._strategy, self._specs, self._bundle = strategy, specs, bundle
         self._limit, self._lr, self._evaluator, self._new_id = payload_limit, task_lr, evaluator, new_id
         self._personal = personal
+        self._downlink = downlink_codec(config.downlink_codec)  # None: every version travels in full only
         self._tally = Tally()  # counts for the next round line: that round, its evaluation, and the wait before it
+        self._model_bytes = 0  # size of the global model's last payload
+        self._delta_bytes = 0  # size of the retained delta to the current version (0: none)
+        self._choices: dict[str, tuple[DeviceStatus, Choice]] = {}  # device -> (the status it was made on, choice)
         self._round: OpenRound | None = None
         self._evaluation: EvaluationRound | None = None
         self._started = _Started(0.0, 0.0)
@@ -141,6 +151,22 @@ class RoundMachine:
     def eligible(self) -> list[str]:
         return sorted(d for d, s in self.registry.items() if s.online and s.eligible)
 
+    def trainable(self) -> dict[str, str]:
+        """The eligible devices that encode the codec their task would name, each with that codec (sorted)."""
+        choices = self._codec_choices(self.eligible())
+        return {device: choice.codec for device, choice in choices.items() if choice.codec is not None}
+
+    def _codec_choices(self, devices: list[str]) -> dict[str, Choice]:
+        """Each device's codec choice, made again only when its status changed (this runs at every tick)."""
+        config, cache, out = self.config, self._choices, {}
+        for device in devices:
+            status = self.registry[device]
+            known = cache.get(device)
+            if known is None or known[0] is not status:
+                known = cache[device] = (status, choose_codec(config.codec, config.link_codecs, status))
+            out[device] = known[1]
+        return out
+
     def waiting_reason(self) -> str | None:
         """Why the next round cannot start for want of devices, as the operator should read it; None when it is
         not waiting for devices (a round runs, or only the round interval holds it back)."""
@@ -151,13 +177,16 @@ class RoundMachine:
         if self.phase == "fleet":
             return (f"round {number} waits for {self.config.expect_devices} devices to hold the model "
                     f"({self._holding_model()} do; {len(online)} online)")
-        have = len(self.eligible())
+        choices = self._codec_choices(self.eligible())
+        have = sum(1 for choice in choices.values() if choice.codec is not None)
         if have >= self.config.min_clients:
             return None
         refused = [s for s in online if not s.eligible]
         counts = Counter(reason for s in refused for reason in s.reasons)
         top = ", ".join(f"{reason} ({n})" for reason, n in counts.most_common(3))
         others = f", {len(refused)} not eligible{': top reasons ' + top if top else ''}" if refused else ""
+        unable = Counter(choice.reason for choice in choices.values() if choice.codec is None)
+        others += "".join(f", {n} eligible but {reason}" for reason, n in unable.most_common(3))
         return (f"round {number} waits for {self.config.min_clients} eligible devices ({have} now; {len(online)} "
                 f"online{others})")
 
@@ -166,7 +195,7 @@ class RoundMachine:
     def start(self, now: Now) -> list[Effect]:
         self._now = now
         self._publish(self.topics.artifact, self._bundle)
-        self._publish_global()
+        self._publish_global(b"")  # no version before this one here: clear a delta a predecessor left retained
         self._publish_state("waiting")
         self._started_real = now.real
         return self._effects()
@@ -252,7 +281,7 @@ class RoundMachine:
         self._publish_state("waiting")
 
     def _step_waiting(self, now: Now) -> None:
-        have = len(self.eligible())
+        have = len(self.trainable())
         if have >= self.config.min_clients and now.clock >= self._next_start:
             self._begin_training(now)
 
@@ -260,16 +289,21 @@ class RoundMachine:
         config, number = self.config, self.state.next_round
         self._started = _Started(now.real, now.clock)
         self._next_start = now.clock + config.round_interval
-        eligible, goal, chosen = self._choose(config.min_clients, config.seed, number)
+        codecs = self.trainable()  # the eligible devices that encode their codec: the others cannot take part
+        eligible, goal, chosen = self._choose(list(codecs), config.min_clients, config.seed, number)
         plan = RoundPlan(number, self._new_id(), self.state.model_version, chosen, eligible, goal,
-                         config.min_reports, config.clip_norm, now.clock + config.round_timeout, config.codec,
-                         config.max_examples, cast(Weighting, config.weighting), config.seed)
+                         config.min_reports, config.clip_norm, now.clock + config.round_timeout,
+                         DEFAULT_CODEC if config.codec == AUTO else config.codec, config.max_examples,
+                         cast(Weighting, config.weighting), config.seed,
+                         MappingProxyType({device: codecs[device] for device in sorted(chosen)}))
         self._round = OpenRound(plan, self.state, self._specs, self._strategy, self._tally)
         for device in sorted(plan.selected):
             task = TrainTask(plan.task_id, number, plan.model_version, self.state.artifact_id, plan.deadline,
                              config.local_epochs, self._lr, config.clip_norm, task_seed(config.seed, number, device),
-                             plan.codec, plan.max_examples, config.prox_mu)
-            self._publish(self.topics.task(device), encode(task))
+                             plan.codec_of(device), plan.max_examples, config.prox_mu)
+            payload = encode(task)
+            self._publish(self.topics.task(device), payload)
+            self._tally.bytes_down += len(payload) + self._download_bytes(device, plan.model_version)
         self.phase, self._phase_until = "training", plan.deadline
         self._publish_state("training")
 
@@ -277,10 +311,11 @@ class RoundMachine:
         self._withdraw(outcome.plan.selected)
         self._round = None
         committed = outcome.state is not None
-        self.state = self.state.after_round(outcome.state)
-        self._out.append(Save(self.state))
+        previous, self.state = self.state, self.state.after_round(outcome.state)
+        delta = self._compress(previous) if committed else None
+        self._out.append(Save(self.state))  # with a downlink codec: the weights as devices rebuild them
         if committed:
-            self._publish_global()
+            self._publish_global(delta)
         test = self._evaluator(self.state.weights) if self._evaluator is not None and committed else None
         self._started.outcome, self._started.test = outcome, test
         every = self.config.eval_every
@@ -290,7 +325,7 @@ class RoundMachine:
             self._write_line(now, None)
 
     def _begin_evaluation(self, number: int, now: Now) -> None:
-        _, _, chosen = self._choose(1, self.config.seed + 1, number)
+        _, _, chosen = self._choose(self.eligible(), 1, self.config.seed + 1, number)
         task = EvaluateTask(self._new_id(), number, self.state.model_version, self.state.artifact_id,
                             now.clock + self.config.round_timeout)
         self._evaluation = EvaluationRound(task, chosen, self._personal)
@@ -318,9 +353,8 @@ class RoundMachine:
         self.phase = "finished"
         self._publish_state("finished")
 
-    def _choose(self, min_clients: int, seed: int, number: int) -> tuple[int, int, frozenset[str]]:
-        """Eligible count, goal and the over-selected devices for round ``number``."""
-        eligible = self.eligible()
+    def _choose(self, eligible: list[str], min_clients: int, seed: int, number: int) -> tuple[int, int, frozenset[str]]:
+        """Eligible count, goal and the over-selected devices for round ``number``, drawn from ``eligible``."""
         goal = goal_count(len(eligible), self.config.fraction, min_clients)
         count = selection_size(len(eligible), goal, self.config.over_select)
         return len(eligible), goal, frozenset(select(eligible, count, seed, number))
@@ -356,7 +390,7 @@ class RoundMachine:
             reason = self._no_round(header.round)
             log.info("refused update from %s: %s (round %d)", device, reason, header.round)
             return
-        refused = self._round.offer_update(device, device in self.registry, header, tensors)
+        refused = self._round.offer_update(device, device in self.registry, header, tensors, len(payload))
         if refused is not None:  # late: an over-selected device finishing after its round closed, counted only
             log.log(logging.DEBUG if refused == LATE else logging.WARNING, "rejected update from %s for round %d: %s",
                     device, header.round, refused)
@@ -385,15 +419,49 @@ class RoundMachine:
 
     def _publish(self, topic: str, payload: bytes) -> None:
         self._tally.bytes_out += len(payload)
+        if topic == self.topics.global_model:
+            self._model_bytes = len(payload)  # what a selected device downloads to train, besides its task
+        elif topic == self.topics.delta_model:
+            self._delta_bytes = len(payload)
         self._out.append(Publish(topic, payload))
+
+    def _download_bytes(self, device: str, version: int) -> int:
+        """What ``device`` downloads to hold model ``version``, as its status tells: the delta if one is published
+        and the device holds the version before it (or already this one, most likely through that delta), else the
+        full model. An estimate; an emulated fleet's summary counts what each device really received."""
+        held = self.registry[device].model_version
+        if self._delta_bytes and held in (version - 1, version):
+            return self._delta_bytes
+        return self._model_bytes
 
     def _withdraw(self, devices: frozenset[str]) -> None:
         for device in sorted(devices):
             self._publish(self.topics.task(device), b"")
 
-    def _publish_global(self) -> None:
-        header = GlobalHeader(self.state.model_version, self.state.next_round - 1, self.state.artifact_id)
-        self._publish(self.topics.global_model, encode_tensors(header, self.state.weights))
+    def _compress(self, previous: ServerState) -> bytes | None:
+        """With a downlink codec, make the committed weights what a device rebuilds from the delta, and return the
+        delta's payload (b"" when the delta cannot be made: the retained one is cleared); None without one."""
+        if self._downlink is None:
+            return None
+        state = self.state
+        found = compress(previous.weights, state.weights, self._specs, self._downlink,
+                         downlink_seed(self.config.seed, state.model_version))
+        if found is None:
+            return b""
+        self.state = replace(state, weights=found.weights)  # the strategy's own arrays stay as it made them
+        header = DeltaHeader(state.model_version, state.next_round - 1, state.artifact_id, previous.model_version,
+                             found.codec, found.seed, found.sha256)
+        return encode_tensors(header, found.tensors)
+
+    def _publish_global(self, delta: bytes | None = None) -> None:
+        """The global model, after its delta from the previous version (``delta``: its payload; b"" clears the
+        retained delta; None leaves the delta topic alone)."""
+        if delta is not None:
+            self._publish(self.topics.delta_model, delta)
+        state = self.state
+        header = GlobalHeader(state.model_version, state.next_round - 1, state.artifact_id,
+                              weights_sha256(state.weights, self._specs), self.config.downlink_codec)
+        self._publish(self.topics.global_model, encode_tensors(header, state.weights))
 
     def _publish_state(self, phase: Literal["waiting", "training", "evaluating", "finished"]) -> None:
         state = CoordinatorState(self.state.next_round, phase, self.state.model_version, self.state.artifact_id,

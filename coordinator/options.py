@@ -74,6 +74,10 @@ def _known_keys(key: str, known: list[str]) -> str:
 
 
 def _typed(source: str, key: str, kind: str, value: Any) -> Any:
+    if kind.startswith("tuple[tuple[str, str]"):  # a TOML table of strings, kept as (key, value) pairs
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return tuple(value.items())
+        raise ConfigError(source, key, f'a table of strings ([{key}] with lines like name = "value")', value)
     if kind.startswith("tuple[int") and isinstance(value, list) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
         return tuple(value)

@@ -8,10 +8,30 @@ from __future__ import annotations
 
 import argparse
 
+from coordinator.codec_choice import AUTO
+from coordinator.downlink import downlink_codec
 from coordinator.rounds import DEFAULT_MAX_EXAMPLES
 from coordinator.strategies import STRATEGIES
 from edge_runtime.argtypes import positive_float, positive_int
 from edge_runtime.codecs import CODEC_NAMES, DEFAULT_CODEC, codec_name
+from edge_runtime.protocol import DOWNLINK_CODECS, NO_DELTAS
+
+
+def downlink_name(text: str) -> str:
+    """``text`` if it names a downlink codec or ``none``; else argparse shows why not."""
+    try:
+        downlink_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def codec_or_auto(text: str) -> str:
+    """``auto``, or ``text`` if it names a codec; else argparse shows why not."""
+    try:
+        return AUTO if text == AUTO else codec_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or auto") from None
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,9 +39,14 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "update pipeline", "how updates travel, how much one may weigh, and how they are aggregated; each strategy "
                            "takes only its own options (docs/STRATEGIES.md)")
     group.add_argument("--strategy", choices=sorted(STRATEGIES), help="aggregation strategy (fedavg)")
-    group.add_argument("--codec", type=codec_name, metavar="CODEC",
-                       help=f"how devices encode updates: {', '.join(CODEC_NAMES)} (docs/COMPRESSION.md; "
-                            f"{DEFAULT_CODEC})")
+    group.add_argument("--codec", type=codec_or_auto, metavar="CODEC",
+                       help=f"how devices encode updates: {', '.join(CODEC_NAMES)}, or auto: each device's by its "
+                            "link (wired, wifi, cellular, constrained), from a table a TOML [codec-table] may "
+                            f"override (docs/COMPRESSION.md; {DEFAULT_CODEC})")
+    group.add_argument("--downlink-codec", type=downlink_name, metavar="CODEC",
+                       help=f"also publish each new global model as a delta from the previous one in this codec "
+                            f"({', '.join(DOWNLINK_CODECS)}), which devices one version behind fetch instead of the "
+                            f"full model; its rounding enters the model (docs/PROTOCOL.md 5.12; {NO_DELTAS})")
     group.add_argument("--max-examples", type=positive_int,
                        help="a device trains on at most this many examples per epoch and reports at most this "
                             f"many; a larger claim is refused ({DEFAULT_MAX_EXAMPLES})")

@@ -46,12 +46,28 @@ def round_line(outcome: RoundOutcome, tally: Tally, started_at: float, duration_
         "train_loss": outcome.train_loss,
         "bytes_in": tally.bytes_in,
         "bytes_out": tally.bytes_out,
+        **traffic(tally, len(plan.selected)),
         "started_at": round(started_at, 3),
         "duration_s": round(duration_s, 3),
         "test": asdict(test) if test else None,
         "federated_eval": asdict(federated) if federated else None,
         "strategy": dict(outcome.diagnostics),
     })
+
+
+def traffic(tally: Tally, selected: int) -> dict[str, Any]:
+    """Bytes up (accepted updates) and down (what the selected devices fetch for their tasks), per round and per
+    device, the codecs of the accepted updates, and their compression against float32 (docs/PROTOCOL.md 12)."""
+    updates = sum(tally.codec_mix.values())
+    return {
+        "bytes_up": tally.bytes_up,
+        "bytes_up_per_device": round(tally.bytes_up / updates, 1) if updates else None,
+        "bytes_up_float32": tally.bytes_up_float32,
+        "bytes_down": tally.bytes_down,
+        "bytes_down_per_device": round(tally.bytes_down / selected, 1) if selected else None,
+        "codec_mix": dict(sorted(tally.codec_mix.items())),
+        "compression": round(tally.bytes_up_float32 / tally.bytes_up, 3) if tally.bytes_up else None,
+    }
 
 
 def strict(value: Any, path: str = "", nulled: dict[str, str] | None = None) -> Any:
@@ -97,7 +113,8 @@ class RoundLog:
 def human_line(line: Mapping[str, Any], rounds: int | None = None) -> str:
     """A round line in one short line for a terminal: round, outcome, reports of selected, test accuracy (and the
     devices' own, after a federated evaluation, personalized too when the model has personal weights), failed
-    tasks, refusals other than late updates, traffic, duration."""
+    tasks, refusals other than late updates, traffic (with the accepted updates' bytes, codecs and compression
+    against float32), duration."""
     number = f"{line['round']}/{rounds}" if rounds else str(line["round"])
     status = line["status"] if line["status"] == "committed" else f"{line['status']} ({line['closed_by']})"
     parts = [f"round {number}", status, f"{line['reported']}/{line['selected']} reported", f"acc {_accuracy(line)}"]
@@ -106,8 +123,16 @@ def human_line(line: Mapping[str, Any], rounds: int | None = None) -> str:
     refused = sum(line["rejected"].values())
     if refused:
         parts.append(f"{refused} refused")
-    parts += [f"in {_size(line['bytes_in'])}", f"out {_size(line['bytes_out'])}", f"{line['duration_s']:.1f} s"]
+    parts += [f"in {_size(line['bytes_in'])}", f"out {_size(line['bytes_out'])}"]
+    if line.get("bytes_up"):
+        parts.append(f"up {_size(line['bytes_up'])} ({_codec_mix(line['codec_mix'])}, {line['compression']:.1f}x)")
+    parts.append(f"{line['duration_s']:.1f} s")
     return "  ".join(parts)
+
+
+def _codec_mix(mix: Mapping[str, int]) -> str:
+    """``int8``, or ``float16 2, int8 3`` when the updates came in several codecs."""
+    return next(iter(mix)) if len(mix) == 1 else ", ".join(f"{name} {n}" for name, n in mix.items())
 
 
 def _accuracy(line: Mapping[str, Any]) -> str:

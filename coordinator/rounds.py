@@ -1,9 +1,10 @@
 """One training round, without I/O: what is accepted, what is refused and why, and how it ends.
 
 ``OpenRound`` holds a plan (who was selected, for which model version, with
-which codec and example cap, until when), decodes each update with the
-task's codec, checks it, folds accepted updates into the strategy's
-accumulator, and counts every refusal by reason. ``close`` turns it into a
+which codec for each device and which example cap, until when), decodes each
+update with its sender's codec, checks it, folds accepted updates into the
+strategy's accumulator, counts every refusal by reason, and the accepted
+updates' bytes and codecs. ``close`` turns it into a
 ``RoundOutcome``: commit if at least ``min_reports`` updates arrived (the
 strategy's ``apply`` then gives the next server state), otherwise abandon
 and keep the model.
@@ -16,6 +17,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -63,10 +65,15 @@ class RoundPlan:
     min_reports: int
     clip_norm: float
     deadline: float
-    codec: str = "float32"
+    codec: str = "float32"  # the codec of every selected device that ``codecs`` does not name
     max_examples: int = DEFAULT_MAX_EXAMPLES
     weighting: Weighting = "examples"
     seed: int = 0  # the configured seed; a device's task seed is task_seed(seed, number, device)
+    codecs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # device -> its task's codec
+
+    def codec_of(self, device: str) -> str:
+        """The codec ``device``'s task names, and its update must be encoded with."""
+        return self.codecs.get(device, self.codec)
 
 
 @dataclass
@@ -78,6 +85,10 @@ class Tally:
     interrupted: Counter[str] = field(default_factory=Counter)
     bytes_in: int = 0
     bytes_out: int = 0
+    bytes_up: int = 0  # payload bytes of the accepted updates
+    bytes_up_float32: int = 0  # the same payloads had their tensors been float32 (parameters x 4 bytes each)
+    codec_mix: Counter[str] = field(default_factory=Counter)  # accepted updates by codec
+    bytes_down: int = 0  # what the selected devices download for their tasks: each one's task and the global model
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,6 @@ class OpenRound:
         self._specs = specs
         self._parameters = sum(math.prod(spec.shape) for spec in specs)
         self._strategy = strategy
-        self._codec = get_codec(plan.codec)
         self._accumulated = strategy.begin(server.weights, max(1, len(plan.selected)))
         self._reported = 0
         self._answered: set[str] = set()
@@ -121,9 +131,11 @@ class OpenRound:
     def all_answered(self) -> bool:
         return self.plan.selected <= self._answered
 
-    def offer_update(self, sender: str, known: bool, header: UpdateHeader,
-                     tensors: Mapping[str, np.ndarray]) -> str | None:
-        """Accept an update into the aggregate, or return the reason it is refused (changing nothing)."""
+    def offer_update(self, sender: str, known: bool, header: UpdateHeader, tensors: Mapping[str, np.ndarray],
+                     payload_bytes: int = 0) -> str | None:
+        """Accept an update into the aggregate, or return the reason it is refused (changing nothing).
+
+        ``payload_bytes``: the size of the message it came in, counted in the tally when it is accepted."""
         reason = self._refusal(sender, known, header.device_id, header.round, header.task_id)
         if reason is None and header.model_version != self.plan.model_version:
             reason = WRONG_MODEL_VERSION
@@ -131,14 +143,16 @@ class OpenRound:
             reason = BAD_METADATA
         if reason is None and header.examples > self.plan.max_examples:
             reason = EXAMPLES_EXCEEDED
-        if reason is None and header.codec != self.plan.codec:
+        codec = self.plan.codec_of(sender)
+        if reason is None and header.codec != codec:
             reason = WRONG_CODEC
         checked: Weights = {}
         if reason is None:
-            reason, checked = self._check_tensors(tensors, task_seed(self.plan.seed, self.plan.number, sender))
+            reason, checked = self._check_tensors(tensors, codec, task_seed(self.plan.seed, self.plan.number, sender))
         if reason is not None:
             self.tally.rejected[reason] += 1
             return reason
+        self._count(codec, tensors, payload_bytes)
         weight = float(header.examples) if self.plan.weighting == "examples" else 1.0
         self._accumulated.add(checked, weight)
         self._reported += 1
@@ -147,17 +161,26 @@ class OpenRound:
         self._examples += header.examples
         return None
 
-    def _check_tensors(self, tensors: Mapping[str, np.ndarray], seed: int) -> tuple[str | None, Weights]:
+    def _check_tensors(self, tensors: Mapping[str, np.ndarray], name: str, seed: int) -> tuple[str | None, Weights]:
         """Decode with the task's codec, then check: finite, the artifact's names and shapes, within the bound."""
         if has_non_finite(tensors):  # before decoding, which would refuse NaN too but under another reason
             return NON_FINITE, {}
+        codec = get_codec(name)  # cached: one codec object per name
         try:
-            checked = self._codec.decode(tensors, self._specs, seed)
+            checked = codec.decode(tensors, self._specs, seed)
         except WeightsError:
             return BAD_TENSORS, {}
-        if l2_norm(checked) > self._codec.max_norm(self.plan.clip_norm, self._parameters):
+        if not l2_norm(checked) <= codec.max_norm(self.plan.clip_norm, self._parameters):  # NaN fails too
             return NORM_EXCEEDED, {}
         return None, checked
+
+    def _count(self, codec: str, tensors: Mapping[str, np.ndarray], payload_bytes: int) -> None:
+        """An accepted update's traffic: its payload, and that payload with float32 tensors (its compression)."""
+        tally = self.tally
+        tally.bytes_up += payload_bytes
+        tensor_bytes = sum(np.asarray(t).nbytes for t in tensors.values())
+        tally.bytes_up_float32 += payload_bytes - tensor_bytes + 4 * self._parameters
+        tally.codec_mix[codec] += 1
 
     def offer_failure(self, sender: str, known: bool, message: TaskFailed) -> str | None:
         """Count a device's report that it could not finish its task."""

@@ -64,7 +64,8 @@ class Coordinator:
         self.artifact_id = artifact_id(files[MANIFEST_FILE])
         self.topics = Topics(config.federation)
         self.strategy = config.build_strategy()
-        limit = config.max_payload or get_codec(config.codec).payload_limit(manifest.parameter_count)
+        limit = config.max_payload or max(get_codec(name).payload_limit(manifest.parameter_count)
+                                          for name in config.round_codecs)  # the largest a task may ask for
         self._log = RoundLog(config.state_dir, on_round)
         with native_logs_hidden(not log.isEnabledFor(logging.INFO)):  # LiteRT's note on its CPU delegate
             evaluator = TestSetEvaluator(self.artifact, config.test_data) if config.test_data else None

@@ -78,4 +78,5 @@ class ProfileSignals:
             interface=("eth0" if wired else "wlan0") if unmetered else "wwan0",
             free_memory_mb=self.profile.memory_mb / 2,
             free_disk_mb=4096.0,
+            link=self.profile.network.link_class,  # the link the profile's transfer times charge, whatever the hour
         )

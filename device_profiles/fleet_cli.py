@@ -152,6 +152,11 @@ def run(args: argparse.Namespace) -> int:
           f"{'-' if accuracy is None else f'{accuracy:.4f}'} (best {'-' if best is None else f'{best:.4f}'}), "
           f"{summary.simulated_time_s / 3600:.1f} simulated h in {summary.wall_time_s:.0f} s; "
           f"run folder {config.out}", file=sys.stderr)
+    moved = summary.traffic
+    if moved.bytes_up:
+        mix = ", ".join(f"{name} {n}" for name, n in moved.codec_mix.items())
+        print(f"fleet: updates {moved.bytes_up / 1e6:.2f} MB up ({mix}; {moved.compression:.1f}x smaller than "
+              f"float32), {moved.bytes_down / 1e6:.2f} MB down to the selected devices", file=sys.stderr)
     return 0 if summary.completed or not config.runs_coordinator else 1
 
 

@@ -76,6 +76,8 @@ class FleetConfig:
     eval_every: int = 0
     # the update pipeline (coordinator.config.PIPELINE_OPTIONS): None is the coordinator's default
     codec: str | None = None
+    codec_table: tuple[tuple[str, str], ...] | None = None  # [codec-table]: link class = codec, for codec = "auto"
+    downlink_codec: str | None = None
     max_examples: int | None = None
     weighting: str | None = None
     prox_mu: float | None = None

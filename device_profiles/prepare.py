@@ -263,6 +263,8 @@ def write_config_toml(path: Path, config: FleetConfig) -> None:
         key = key_of(f.name)
         if isinstance(value, (bool, int, float)):
             text = str(value).lower() if isinstance(value, bool) else repr(value)
+        elif str(f.type).startswith("tuple[tuple[str, str]"):  # a table, as (key, value) pairs
+            text = "{" + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value) + "}"
         elif isinstance(value, tuple):
             text = "[" + ", ".join(str(v) for v in value) + "]"
         else:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from device_profiles.errors import ProfileError
+from edge_runtime.signals.base import Link as LinkClass
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,6 +22,12 @@ else:  # pragma: no cover
 
 CATALOG = Path(__file__).with_name("catalog.toml")
 HOURS = 24
+# A link's class (what an emulated device's status advertises, edge_runtime.signals.link): "constrained" below this
+# uplink, whatever its kind (an update of a million float32 parameters takes over half a minute to send there);
+# otherwise by kind, and any kind not listed here (3g, lte, lte-m, 5g, ...) is cellular.
+CONSTRAINED_UP_KBPS = 1000.0
+WIRED_KINDS = ("ethernet", "wired")
+WIFI_KINDS = ("wifi", "wi-fi", "wlan")
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,13 @@ class Link:
 
     def download_s(self, size_bytes: int) -> float:
         return self.latency_ms / 1000 + size_bytes * 8 / (self.down_kbps * 1000)
+
+    @property
+    def link_class(self) -> LinkClass:
+        if self.up_kbps < CONSTRAINED_UP_KBPS:
+            return "constrained"
+        kind = self.kind.lower()
+        return "wired" if kind in WIRED_KINDS else "wifi" if kind in WIFI_KINDS else "cellular"
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class _Round:
     outcomes: Mapping[str, int]  # the _OUTCOMES fields
     bytes_in: int
     bytes_out: int
+    bytes_up: int  # the accepted updates' payloads (0 in a line written before it was counted)
     train_loss: float | None
     test: Mapping[str, float | None] | None  # accuracy, loss
     evaluated: Mapping[str, float | None] | None
@@ -128,6 +129,7 @@ def _parse(line: Mapping[str, Any], index: int) -> _Round:
         outcomes={name: int(_field(line, index, name)) for name, _, _ in _OUTCOMES},
         bytes_in=int(_field(line, index, "bytes_in")),
         bytes_out=int(_field(line, index, "bytes_out")),
+        bytes_up=int(line.get("bytes_up", 0)),
         train_loss=_optional(line.get("train_loss")),
         test=_metrics(line, index, "test"),
         evaluated=_metrics(line, index, "federated_eval"),
@@ -241,6 +243,9 @@ def _bytes_panel(ax: Axes, rounds: Sequence[_Round]) -> None:
     width = 0.4
     ax.bar([n - width / 2 for n in numbers], [r.bytes_in / scale for r in rounds], width, label="received (in)")
     ax.bar([n + width / 2 for n in numbers], [r.bytes_out / scale for r in rounds], width, label="published (out)")
+    if any(r.bytes_up for r in rounds):  # within "in": what the codecs made of the updates
+        ax.plot(numbers, [r.bytes_up / scale for r in rounds], color="black", marker=".", linewidth=1.0,
+                label="accepted updates (up)")
     ax.set_ylim(0.0, top / scale * 1.3 or 1.0)  # from the data's own size: small runs fill the panel too
     ax.set_ylabel(unit)
     ax.set_title("Coordinator bytes by round")

@@ -32,6 +32,32 @@ class Participation:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """The federated work's bytes, summed over the round lines: the accepted updates (up), what the selected devices
+    fetched for their tasks (down: the task and the global model), per device, and the codecs' effect."""
+
+    bytes_up: int
+    bytes_down: int
+    bytes_up_per_device: float | None  # mean payload of an accepted update (per reporting device and round)
+    bytes_down_per_device: float | None  # mean per selected device and round
+    codec_mix: dict[str, int]  # accepted updates by codec
+    compression: float | None  # the accepted updates' bytes had their tensors been float32, over their bytes
+
+
+def traffic(lines: Sequence[dict[str, Any]]) -> Traffic:
+    up = sum(int(line.get("bytes_up", 0)) for line in lines)
+    down = sum(int(line.get("bytes_down", 0)) for line in lines)
+    float32 = sum(int(line.get("bytes_up_float32", 0)) for line in lines)
+    mix = Counter[str]()
+    for line in lines:
+        mix.update(line.get("codec_mix", {}))
+    updates, selected = sum(mix.values()), sum(int(line["selected"]) for line in lines)
+    return Traffic(up, down, round(up / updates, 1) if updates else None,
+                   round(down / selected, 1) if selected else None, dict(sorted(mix.items())),
+                   round(float32 / up, 3) if up else None)
+
+
+@dataclass(frozen=True)
 class DeviceCounts:
     """A count as the coordinator saw it, and as the emulated devices counted it themselves."""
 
@@ -74,6 +100,7 @@ class FleetSummary:
     bytes_out: int
     device_bytes_received: int
     device_bytes_sent: int
+    traffic: Traffic
     participation: Participation
     dropouts: DeviceCounts  # coordinator: selected devices silent at a round's deadline
     interruptions: DeviceCounts
@@ -108,6 +135,7 @@ def summarize(config: FleetConfig, folder: RunFolder, lines: Sequence[dict[str, 
         bytes_in=total["bytes_in"], bytes_out=total["bytes_out"],
         device_bytes_received=sum(s["bytes_received"] for s in stats),
         device_bytes_sent=sum(s["bytes_sent"] for s in stats),
+        traffic=traffic(lines),
         participation=Participation(
             devices=len(entries), selected=total["selected"], reported=total["reported"],
             devices_that_trained=sum(1 for s in stats if s["trained"] > 0),

@@ -13,7 +13,8 @@ interpreter is built for a task and released when the task ends. A ``Pace``
 device's adds none, an emulated device's plays its profile. The update's
 decisions (delta, clip, stages, encoding) are ``edge_runtime.update_stages``'s;
 an emulator injects stages there, and a ``DataTransform`` applied to the local
-data when an artifact is loaded.
+data when an artifact is loaded. Which model topic the agent follows, and what a
+delta makes of the model it holds, are ``edge_runtime.model_sync``'s decisions.
 """
 
 from __future__ import annotations
@@ -32,27 +33,27 @@ from edge_runtime.backend import select_backend
 from edge_runtime.cache import ArtifactCache, PersonalStore, ResidualStore
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, check_arrays, load_data
 from edge_runtime.errors import EdgeRuntimeError, ProtocolError
+from edge_runtime.model_sync import NO_BASE, DeltaRefused, GlobalModel, Target, read_delta, read_global, wants_full
 from edge_runtime.mqtt import MqttConnection, MqttOptions
 from edge_runtime.pace import Pace, RealPace
 from edge_runtime.policy import AlwaysEligible, Decision, EligibilityPolicy
 from edge_runtime.protocol import (
+    DEVICE_CODECS,
     DeviceStatus,
     EvaluateTask,
     EvaluationReport,
-    GlobalHeader,
     Task,
     TaskFailed,
     Topics,
     TrainTask,
     decode,
-    decode_tensors,
     encode,
-    tensor_payload_limit,
     unbundle_files,
 )
+from edge_runtime.signals import Signals, link_class
 from edge_runtime.trainer import Trainer
 from edge_runtime.update_stages import DataTransform, UpdatePipeline, UpdateStage
-from edge_runtime.weights import Weights, check_weights, select
+from edge_runtime.weights import Weights, select
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,11 @@ class DeviceAgent:
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._newest_task = ""
         self._model: _Model | None = None
-        self._global: tuple[int, Weights] | None = None
-        self._global_bytes = 0  # size of the global model's payload, what a device downloads for a round
+        self._global: GlobalModel | None = None
+        self._global_bytes = 0  # bytes downloaded for the current version (a delta's when one was applied)
+        self._following_full = True  # subscribed to the full model (edge_runtime.model_sync.wants_full)
+        self._behind = ""  # why the device waits for a full model although it holds one ("" if it does not)
+        self._refused_delta = (-1, 0)  # (version, bytes) of the last delta it could not use
         self._unusable = ""  # why the device cannot take part (its data does not fit the model), if so
         self._waiting: Task | None = None  # a task whose global model has not arrived yet
         self._results: dict[str, tuple[str, bytes]] = {}  # task id -> the report sent, resent if the task comes again
@@ -156,7 +160,11 @@ class DeviceAgent:
             self._conn.close()
 
     def _receive(self, topic: str, payload: bytes) -> None:  # paho's network thread
-        self.stats.bytes_received += len(payload)  # this thread is the field's only writer
+        self.stats.bytes_received += len(payload)  # this thread is these fields' only writer
+        if topic == self.topics.global_model:
+            self.stats.full_model_bytes += len(payload)
+        elif topic == self.topics.delta_model:
+            self.stats.delta_bytes += len(payload)
         if topic == self.topics.task(self.config.device_id):
             self._newest_task = _task_id(payload)
         self._inbox.put((topic, payload))
@@ -182,7 +190,7 @@ class DeviceAgent:
     # -- messages ---------------------------------------------------------------------------------
 
     def _handle(self, topic: str, payload: bytes) -> None:
-        if not payload and topic in (self.topics.artifact, self.topics.global_model):
+        if not payload and topic in (self.topics.artifact, self.topics.global_model, self.topics.delta_model):
             log.debug("%s: the retained %s was cleared; keeping what it holds", self.config.device_id, topic)
             return
         try:
@@ -190,6 +198,8 @@ class DeviceAgent:
                 self._on_artifact(payload)
             elif topic == self.topics.global_model:
                 self._on_global(payload)
+            elif topic == self.topics.delta_model:
+                self._on_delta(payload)
             elif topic == self.topics.task(self.config.device_id):
                 self._on_task(payload)
         except (ProtocolError, EdgeRuntimeError) as exc:
@@ -201,6 +211,7 @@ class DeviceAgent:
             return
         artifact = self._cache.get(header.artifact_id) or self._cache.put(header.artifact_id, files)
         self._model, self._global = None, None
+        self._follow_models()  # a new artifact: its global model comes in full
         try:
             data = self._load_data(artifact)
         except EdgeRuntimeError as exc:
@@ -230,19 +241,75 @@ class DeviceAgent:
         if self._model is None:
             self._early_global = payload  # the artifact is still on its way; handled once it is loaded
             return
-        limit = tensor_payload_limit(self._model.artifact.manifest.parameter_count)
-        header, tensors = decode_tensors(payload, GlobalHeader, limit)
-        if header.artifact_id != self._model.artifact_id:
-            log.info("%s: global model for artifact %s, waiting for that artifact", self.config.device_id,
-                     header.artifact_id[:12])
+        fresh = read_global(payload, _target(self._model))
+        if fresh is None:
+            log.info("%s: global model for another artifact than %s, waiting for that artifact",
+                     self.config.device_id, self._model.artifact_id[:12])
             return
-        self._global = (header.version, check_weights(tensors, self._model.artifact.manifest.federated))
-        self._global_bytes = len(payload)
-        log.info("%s: global model version %d received", self.config.device_id, header.version)
+        version, spent = self._refused_delta  # a delta for this version that could not be used was downloaded too
+        self._behind = ""
+        self._adopt(fresh._replace(downloaded=fresh.downloaded + (spent if version == fresh.version else 0)), "full")
+
+    def _on_delta(self, payload: bytes) -> None:
+        if self._model is None:
+            return  # no model yet: the full one comes with the artifact
+        try:
+            fresh = read_delta(payload, _target(self._model), self._global)
+        except DeltaRefused as exc:
+            self.stats.deltas_refused += 1
+            self._refused_delta, self._behind = (exc.version, len(payload)), f"a delta refused ({exc.reason})"
+            level = logging.WARNING  # a delta that should have fitted: something is wrong on the way
+            if exc.reason == NO_BASE:  # a device that was away; or new, and its full model is on its way
+                level = logging.INFO if self._global is not None else logging.DEBUG
+            log.log(level, "%s: delta not used (%s): %s; fetching the full model", self.config.device_id, exc.reason,
+                    exc.problem)
+            self._follow_models()
+            return
+        if fresh is not None:
+            self.stats.deltas_applied += 1
+            self._adopt(fresh, "delta")
+
+    def _adopt(self, fresh: GlobalModel, kind: str) -> None:
+        """Make ``fresh`` the current global model; start the task that waited for it."""
+        self._global, self._global_bytes = fresh, fresh.downloaded
+        log.info("%s: global model version %d received (%s, %d bytes)", self.config.device_id, fresh.version, kind,
+                 fresh.downloaded)
+        self._follow_models()
         self.publish_status()
         if self._waiting is not None:
             task, self._waiting = self._waiting, None
-            self._start(task)
+            self._start(task, refetch=False)
+
+    def _fall_behind(self, why: str) -> None:
+        self._behind = why
+        self._follow_models()
+
+    def _follow_models(self) -> None:
+        """Follow the full-model topic while the device needs it, and only the deltas otherwise (or while the
+        broker has not granted the delta subscription: an ACL written before the deltas)."""
+        need = wants_full(self._global, bool(self._behind)) or not self._conn.granted(self.topics.delta_model)
+        if need == self._following_full:
+            return
+        self._following_full = need
+        if need:
+            log.info("%s: fetching the full global model (%s)", self.config.device_id,
+                     self._behind or ("no model yet" if self._global is None else "the coordinator sends no deltas"))
+            self._conn.subscribe(self.topics.global_model)
+        else:
+            log.info("%s: following the global model's deltas only", self.config.device_id)
+            self._conn.unsubscribe(self.topics.global_model)
+
+    def _fetch_full_for(self, task: Task) -> bool:
+        """When ``task`` names a version this device does not hold while it follows only the deltas (a delta it
+        missed, a coordinator started again from another version): keep the task waiting and fetch the full model,
+        which then decides whether it runs."""
+        model, current = self._model, self._global
+        if (self._following_full or model is None or current is None or model.artifact_id != task.artifact_id
+                or current.version == task.model_version):
+            return False
+        self._waiting = task
+        self._fall_behind(f"a task for model version {task.model_version}, holding {current.version}")
+        return True
 
     def _on_task(self, payload: bytes) -> None:
         if not payload:
@@ -261,7 +328,10 @@ class DeviceAgent:
 
     # -- tasks ------------------------------------------------------------------------------------
 
-    def _start(self, task: Task) -> None:
+    def _start(self, task: Task, refetch: bool = True) -> None:
+        """Run ``task`` now, or keep it waiting for its global model (``refetch``: see ``_fetch_full_for``)."""
+        if refetch and self._fetch_full_for(task):
+            return
         model, current = self._model, self._global
         if model is None or current is None or model.artifact_id != task.artifact_id or current[0] < task.model_version:
             self._waiting = task  # the matching global model will follow on its retained topic
@@ -410,11 +480,13 @@ class DeviceAgent:
         if online and self._unusable:
             decision = Decision(False, (self._unusable,))
         model = self._model
+        signals = getattr(self.policy, "last_signals", None)  # a policy that reads signals (Scheduler) keeps them
         return DeviceStatus(
             self.config.device_id, online, decision.eligible, decision.reasons[:8],
             examples=len(model.data) if model else 0, artifact_id=model.artifact_id if model else "",
             model_version=self._global[0] if self._global else -1,
-            backend=self.backend.name if model else "", sent_at=time.time(),
+            backend=self.backend.name if model else "", sent_at=time.time(), codecs=DEVICE_CODECS,
+            link=link_class(signals) if isinstance(signals, Signals) else "",
         )
 
 
@@ -428,6 +500,14 @@ class AgentStats:
     dropped: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0
+    full_model_bytes: int = 0  # global models received in full
+    delta_bytes: int = 0  # deltas received, used or not
+    deltas_applied: int = 0
+    deltas_refused: int = 0
+
+
+def _target(model: _Model) -> Target:
+    return Target(model.artifact_id, model.artifact.manifest.federated)
 
 
 def _task_id(payload: bytes) -> str:

@@ -127,7 +127,12 @@ class MqttConnection:
     def __init__(self, options: MqttOptions, subscriptions: Sequence[tuple[str, int]], on_message: MessageHandler,
                  on_connect: Callable[[], None] | None = None, will: tuple[str, bytes] | None = None) -> None:
         self.options = options
-        self.subscriptions = tuple(subscriptions)  # (topic filter, QoS), re-subscribed on every connect
+        self._subscriptions = dict(subscriptions)  # topic filter -> QoS, re-subscribed on every connect
+        self._subscribing: dict[int, tuple[str, ...]] = {}  # mid of a SUBSCRIBE awaiting its SUBACK -> its filters
+        self._connect_mid: int | None = None  # the SUBSCRIBE of the current connection's first subscriptions
+        self._granted: set[str] = set()  # filters the broker accepted on this connection
+        self._live = False  # the current connection has been sent the subscriptions (later ones go out at once)
+        self._subscriptions_lock = threading.Lock()  # the owner's thread changes them, paho's renews them
         self._on_message = on_message
         self._on_connect = on_connect
         self._will = will
@@ -146,6 +151,36 @@ class MqttConnection:
     @property
     def protocol(self) -> str:
         return self._protocol
+
+    @property
+    def subscriptions(self) -> tuple[tuple[str, int], ...]:
+        """``(topic filter, QoS)`` of every subscription, made again after every (re)connect."""
+        with self._subscriptions_lock:
+            return tuple(self._subscriptions.items())
+
+    def granted(self, topic: str) -> bool:
+        """Whether the broker accepted the subscription to ``topic`` on the current connection."""
+        with self._subscriptions_lock:
+            return topic in self._granted
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe to ``topic`` now if connected, and after every reconnect (the broker sends its retained
+        message)."""
+        with self._subscriptions_lock:
+            if topic in self._subscriptions:
+                return
+            self._subscriptions[topic] = qos
+            if self._live:
+                self._send_subscribe(self._client, [(topic, qos)])
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``, now and after reconnects."""
+        with self._subscriptions_lock:
+            if self._subscriptions.pop(topic, None) is None:
+                return
+            self._granted.discard(topic)
+            if self._live:
+                self._client.unsubscribe(topic)
 
     def __enter__(self) -> MqttConnection:
         self.start()
@@ -239,6 +274,8 @@ class MqttConnection:
         from paho.mqtt.enums import CallbackAPIVersion
 
         opts = self.options
+        with self._subscriptions_lock:
+            self._live = False
         self._protocol, self._refusal, self._unreachable, self._dropped, self._closing = protocol, None, False, \
             False, False
         version = paho.MQTTv5 if protocol == "5" else paho.MQTTv311
@@ -296,9 +333,12 @@ class MqttConnection:
                 client.disconnect()  # a refusal at start-up is final; start() reports it
             return
         self._unreachable = False
-        if self.subscriptions:
-            client.subscribe(list(self.subscriptions))
-        else:
+        with self._subscriptions_lock:
+            self._granted.clear()
+            self._subscribing.clear()
+            self._connect_mid = self._send_subscribe(client, list(self._subscriptions.items()))
+            self._live = True
+        if self._connect_mid is None:
             self.subscribed.set()
         self.connected.set()
         self._ever_connected = True
@@ -306,14 +346,28 @@ class MqttConnection:
         if self._on_connect is not None:
             self._on_connect()
 
+    def _send_subscribe(self, client: Any, topics: list[tuple[str, int]]) -> int | None:
+        """SUBSCRIBE to ``topics`` (with the subscriptions' lock held); its mid, None if there is nothing to send."""
+        if not topics:
+            return None
+        _rc, mid = client.subscribe(topics)
+        if mid is not None:
+            self._subscribing[mid] = tuple(topic for topic, _qos in topics)
+        return mid  # type: ignore[no-any-return]
+
     def _handle_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
-        refused = [topic for (topic, _qos), reason in zip(self.subscriptions, reasons, strict=False)
-                   if getattr(reason, "value", reason) >= 0x80]
+        with self._subscriptions_lock:
+            topics = self._subscribing.pop(mid, ())
+            verdicts = list(zip(topics, reasons, strict=False))
+            self._granted.update(topic for topic, reason in verdicts if getattr(reason, "value", reason) < 0x80)
+            first = mid == self._connect_mid
+        refused = [topic for topic, reason in verdicts if getattr(reason, "value", reason) >= 0x80]
         if refused:  # the broker's ACL said no: nothing will arrive on these
             log.error("%s refused the subscriptions %s of %s; check the broker's ACL", self.options.broker,
                       ", ".join(refused), self.options.client_id)
             return
-        self.subscribed.set()
+        if first:
+            self.subscribed.set()
 
     def _handle_connect_fail(self, client: Any, userdata: Any) -> None:
         self._unreachable = True
@@ -325,6 +379,9 @@ class MqttConnection:
             log.warning("lost the connection to %s (%s); reconnecting", self.options.broker, reason)
         self.connected.clear()
         self.subscribed.clear()
+        with self._subscriptions_lock:
+            self._granted.clear()
+            self._live = False
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
         self._on_message(message.topic, bytes(message.payload))

@@ -20,15 +20,17 @@ import re
 import struct
 import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from types import UnionType
 from typing import Any, Literal, TypeVar, Union
 
 import numpy as np
 
-from edge_runtime.codecs import DEFAULT_CODEC, FLOAT32
+from edge_runtime.codecs import CODEC_NAMES, DEFAULT_CODEC, FLOAT32
 from edge_runtime.errors import ProtocolError, WeightsError
+from edge_runtime.manifest import WeightSpec
+from edge_runtime.signals.base import LINK_VALUES
 from edge_runtime.weights import Weights, weights_from_bytes, weights_to_bytes
 
 PROTOCOL_VERSION = 1
@@ -38,6 +40,7 @@ DEFAULT_FEDERATION = "default"
 MAX_CONTROL_BYTES = 64 * 1024
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # A (re)subscribing coordinator receives every retained status at once. At QoS 1 a default Mosquitto hands
 # over only what fits its in-flight window and queue (20 + 1000), and drops the rest of the retained burst;
 # at QoS 0 it delivers them all. Nothing is lost by it: a status dropped with a broken connection is
@@ -48,6 +51,10 @@ STATUS_QOS = 0
 MALFORMED = "malformed"
 OVERSIZED = "oversized"
 WRONG_PROTOCOL = "wrong_protocol"
+# The downlink: the codecs a global model's delta may travel in (the unbiased ones: without error feedback on the
+# coordinator a biased codec would drift), and the GlobalHeader.delta_codec of a coordinator that publishes none.
+DOWNLINK_CODECS = ("float32", "float16", "int8", "int4")
+NO_DELTAS = "none"
 
 
 def check_name(value: str, what: str) -> str:
@@ -80,6 +87,12 @@ class Topics:
         return f"{self.root}/model/global"
 
     @property
+    def delta_model(self) -> str:
+        """The global model as a delta from the version before it (``DeltaHeader``), when the coordinator has a
+        downlink codec."""
+        return f"{self.root}/model/delta"
+
+    @property
     def coordinator(self) -> str:
         return f"{self.root}/coordinator/state"
 
@@ -106,7 +119,8 @@ class Topics:
                 (f"{self.root}/reports/+", 1))
 
     def device_subscriptions(self, device_id: str) -> tuple[tuple[str, int], ...]:
-        return tuple((topic, 1) for topic in (self.artifact, self.global_model, self.coordinator,
+        """Every topic a device may subscribe to; it drops ``global_model`` while it follows the deltas."""
+        return tuple((topic, 1) for topic in (self.artifact, self.global_model, self.delta_model, self.coordinator,
                                               self.task(device_id)))
 
     def sender(self, topic: str) -> tuple[str, str] | None:
@@ -139,7 +153,29 @@ class DeviceStatus:
     model_version: int = -1
     backend: str = ""
     sent_at: float = 0.0
+    codecs: tuple[str, ...] = ()  # the codecs it encodes (see ``encodes``); (): float32 only, as before statuses said
+    link: str = ""  # its link's class, one of LINK_CLASSES; "" (or a class this release does not know): unknown
     kind: Literal["status"] = "status"
+
+
+# A device of this release encodes every codec (edge_runtime.codecs) and says so in its status with these names,
+# "topk" standing for every topk:FRACTION and topk:FRACTION+VALUES whose VALUES it also lists.
+DEVICE_CODECS: tuple[str, ...] = tuple(dict.fromkeys(name.split(":")[0] for name in CODEC_NAMES))
+LINK_CLASSES = LINK_VALUES  # wired, wifi, cellular, constrained (edge_runtime.signals.link says how a device knows)
+
+
+def encodes(codec: str, advertised: Sequence[str]) -> bool:
+    """Whether a device whose status lists ``advertised`` codecs can encode ``codec`` (a canonical codec name).
+
+    An empty list is a device that predates the field: it is taken to encode float32 alone.
+    """
+    if not advertised:
+        return codec == DEFAULT_CODEC
+    family, _, rest = codec.partition(":")
+    if family != "topk" or not rest:
+        return codec in advertised
+    values = rest.partition("+")[2] or DEFAULT_CODEC
+    return "topk" in advertised and values in advertised
 
 
 @dataclass(frozen=True)
@@ -362,12 +398,51 @@ class UpdateHeader:
 
 @dataclass(frozen=True)
 class GlobalHeader:
-    """The metadata of a global model: version ``version`` of artifact ``artifact_id``."""
+    """The metadata of a global model: version ``version`` of artifact ``artifact_id``.
+
+    ``sha256``: ``weights_sha256`` of its tensors ("" from a coordinator written before it); ``delta_codec``: the
+    codec of the deltas the coordinator publishes on ``Topics.delta_model`` for the versions after this one
+    (``NO_DELTAS``: none, a device takes every version in full).
+    """
 
     version: int
     round: int
     artifact_id: str
+    sha256: str = ""
+    delta_codec: str = NO_DELTAS
     kind: Literal["global"] = "global"
+
+    def __post_init__(self) -> None:
+        if self.sha256:
+            _check_sha256(self.sha256)
+
+
+@dataclass(frozen=True)
+class DeltaHeader:
+    """The metadata of a delta: version ``version`` is version ``base_version`` plus the tensors decoded with
+    ``codec`` and ``seed`` (``add_delta``), and its weights hash to ``sha256`` (``weights_sha256``)."""
+
+    version: int
+    round: int
+    artifact_id: str
+    base_version: int
+    codec: str
+    seed: int
+    sha256: str
+    kind: Literal["delta"] = "delta"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.base_version < self.version:
+            raise ProtocolError(MALFORMED, f"delta from version {self.base_version} to {self.version}; expected a "
+                                           "base version >= 0 below the version")
+        if not 0 <= self.seed < 2**32:
+            raise ProtocolError(MALFORMED, f"field 'seed' is {self.seed}; expected 0 .. 2^32-1")
+        _check_sha256(self.sha256)
+
+
+def _check_sha256(text: str) -> None:
+    if not _SHA256.fullmatch(text):
+        raise ProtocolError(MALFORMED, f"field 'sha256' is {text[:80]!r}; expected 64 lowercase hex digits")
 
 
 @dataclass(frozen=True)
@@ -379,9 +454,10 @@ class ArtifactHeader:
     kind: Literal["artifact"] = "artifact"
 
 
-_BINARY: dict[str, type[Any]] = {"update": UpdateHeader, "global": GlobalHeader, "artifact": ArtifactHeader}
-Header = UpdateHeader | GlobalHeader | ArtifactHeader
-H = TypeVar("H", UpdateHeader, GlobalHeader, ArtifactHeader)
+_BINARY: dict[str, type[Any]] = {"update": UpdateHeader, "global": GlobalHeader, "delta": DeltaHeader,
+                                  "artifact": ArtifactHeader}
+Header = UpdateHeader | GlobalHeader | DeltaHeader | ArtifactHeader
+H = TypeVar("H", UpdateHeader, GlobalHeader, DeltaHeader, ArtifactHeader)
 
 
 def encode_tensors(header: Header, tensors: Mapping[str, np.ndarray]) -> bytes:
@@ -392,6 +468,17 @@ def encode_tensors(header: Header, tensors: Mapping[str, np.ndarray]) -> bytes:
 
 def decode_tensors(payload: bytes, expected: type[H], limit: int) -> tuple[H, Weights]:
     """Decode a safetensors message of kind ``expected``: its header and its tensors."""
+    header = decode_header(payload, expected, limit)
+    try:
+        tensors = weights_from_bytes(payload)
+    except WeightsError as exc:
+        raise ProtocolError(MALFORMED, exc.problem) from exc
+    return header, tensors
+
+
+def decode_header(payload: bytes, expected: type[H], limit: int) -> H:
+    """Only the header of a safetensors message of kind ``expected``: nothing of the tensors is read or
+    allocated, so a receiver can refuse the message on its fields first."""
     check_size(payload, limit)
     metadata = _safetensors_metadata(payload)
     if metadata.get("protocol") != str(PROTOCOL_VERSION):
@@ -405,12 +492,8 @@ def decode_tensors(payload: bytes, expected: type[H], limit: int) -> tuple[H, We
         if name in hints:
             textual = hints[name] is str or typing.get_origin(hints[name]) is Literal
             data[name] = text if textual else _json_value(text, name)
-    header = _build(expected, data)
-    try:
-        tensors = weights_from_bytes(payload)
-    except WeightsError as exc:
-        raise ProtocolError(MALFORMED, exc.problem) from exc
-    return header, tensors
+    header: H = _build(expected, data)
+    return header
 
 
 def _json_value(text: str, name: str) -> Any:
@@ -473,3 +556,24 @@ def tensor_payload_limit(parameter_count: int) -> int:
     """Size limit of a global-model payload: the float32 tensors plus 64 KiB of header (an update's limit is its
     codec's ``payload_limit``)."""
     return FLOAT32.payload_limit(parameter_count)
+
+
+# --- the delta downlink -----------------------------------------------------------------------------
+
+
+def weights_sha256(weights: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...]) -> str:
+    """Lowercase hex SHA-256 of the tensors ``specs`` name, in their order, each as its float32 little-endian bytes
+    in row-major order, with nothing between them (what ``GlobalHeader.sha256`` and ``DeltaHeader.sha256`` hold)."""
+    digest = hashlib.sha256()
+    for spec in specs:
+        digest.update(np.ascontiguousarray(weights[spec.name], dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def add_delta(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray],
+              specs: tuple[WeightSpec, ...]) -> Weights:
+    """The weights a delta makes of its base: one float32 addition per value (the coordinator builds the global
+    model with this same function, so a device's reconstruction is bit-identical to it)."""
+    with np.errstate(over="ignore"):  # a sum beyond float32 is inf, which the receiver refuses
+        return {spec.name: (np.asarray(base[spec.name], np.float32) + np.asarray(delta[spec.name], np.float32))
+                .astype(np.float32) for spec in specs}

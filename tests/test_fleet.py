@@ -55,11 +55,14 @@ def check_run_folder(out: Path, devices: int, rounds: int) -> dict[str, Any]:
 def test_a_fleet_of_20_runs_3_rounds_on_mosquitto(tmp_path: Path, federation: str) -> None:
     out = tmp_path / "run"
     done = fleet(out, "--devices", "20", "--rounds", "3", "--broker", SYSTEM_BROKER, "--federation", federation,
-                 "--partition", "iid", "--round-interval", "3600")
+                 "--partition", "iid", "--round-interval", "3600", "--codec", "auto")
     assert done.returncode == 0, done.stderr
-    check_run_folder(out, 20, 3)
+    summary = check_run_folder(out, 20, 3)
+    moved, lines = summary["traffic"], lines_of(out / "rounds.jsonl")  # each device's codec by its profile's link
+    assert moved["bytes_up"] == sum(line["bytes_up"] for line in lines) > 0
+    assert sum(moved["codec_mix"].values()) == sum(line["reported"] for line in lines)
+    assert set(moved["codec_mix"]) <= {"float16", "int8", "rotated-sign"} and moved["compression"] > 1.9
     assert sum(1 for line in done.stdout.splitlines() if line.startswith("round ")) == 3
-    lines = lines_of(out / "rounds.jsonl")
     starts = [line["sim_time"] for line in lines]
     assert all(b - a >= 3600 - 5 for a, b in itertools.pairwise(starts))  # --round-interval, simulated
     again = build_fleet_config(out / "fleet.toml", {})  # the run's own options file repeats it

@@ -76,7 +76,8 @@ def update(task: TrainTask, device: str, delta: tuple[float, float, float], exam
 def started(m: RoundMachine, devices: tuple[str, ...] = DEVICES) -> list[Effect]:
     """Start, let three eligible devices report, settle: returns the effects of the first round's start."""
     first = m.start(at(0))
-    assert published(first).keys() == {TOPICS.artifact, TOPICS.global_model, TOPICS.coordinator}
+    assert published(first).keys() == {TOPICS.artifact, TOPICS.delta_model, TOPICS.global_model, TOPICS.coordinator}
+    assert published(first)[TOPICS.delta_model] == b""  # a delta a predecessor left retained is cleared
     for device in devices:
         assert m.receive(*status(device), at(0.1)) == []
     return m.tick(at(1.5))

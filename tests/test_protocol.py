@@ -85,8 +85,8 @@ def test_topic_strings_of_a_federation() -> None:
         ("edgefl/lab-1/devices/+/status", 0), ("edgefl/lab-1/updates/+", 1), ("edgefl/lab-1/reports/+", 1),
     )
     assert topics.device_subscriptions("pi-07") == (
-        ("edgefl/lab-1/model/artifact", 1), ("edgefl/lab-1/model/global", 1), ("edgefl/lab-1/coordinator/state", 1),
-        ("edgefl/lab-1/devices/pi-07/task", 1),
+        ("edgefl/lab-1/model/artifact", 1), ("edgefl/lab-1/model/global", 1), ("edgefl/lab-1/model/delta", 1),
+        ("edgefl/lab-1/coordinator/state", 1), ("edgefl/lab-1/devices/pi-07/task", 1),
     )
 
 
@@ -171,7 +171,8 @@ def test_sender_inverts_the_topic_builders() -> None:
 # --- JSON control messages ----------------------------------------------------------------------
 
 STATUS = DeviceStatus("pi-07", online=True, eligible=False, reasons=("battery", "metered"), examples=120,
-                      artifact_id=AID, model_version=3, backend="ai_edge_litert", sent_at=1700000000.25)
+                      artifact_id=AID, model_version=3, backend="ai_edge_litert", sent_at=1700000000.25,
+                      codecs=("float32", "int8", "topk"), link="cellular")
 TRAIN = TrainTask("t-4-pi-07", round=4, model_version=3, artifact_id=AID, deadline=1700000060.5, epochs=2,
                   lr=0.05, clip_norm=1.0, seed=-7, codec="float16", max_examples=512, mu=0.01)
 EVALUATE = EvaluateTask("e-5", round=5, model_version=4, artifact_id=AID, deadline=1700000120.0)
@@ -184,7 +185,8 @@ STATE = CoordinatorState(round=5, phase="evaluating", model_version=4, artifact_
 WIRE: list[tuple[Any, dict[str, Any]]] = [
     (STATUS, {"protocol": 1, "kind": "status", "device_id": "pi-07", "online": True, "eligible": False,
               "reasons": ["battery", "metered"], "examples": 120, "artifact_id": AID, "model_version": 3,
-              "backend": "ai_edge_litert", "sent_at": 1700000000.25}),
+              "backend": "ai_edge_litert", "sent_at": 1700000000.25, "codecs": ["float32", "int8", "topk"],
+              "link": "cellular"}),
     (TRAIN, {"protocol": 1, "kind": "train", "task_id": "t-4-pi-07", "round": 4, "model_version": 3,
              "artifact_id": AID, "deadline": 1700000060.5, "epochs": 2, "lr": 0.05, "clip_norm": 1.0, "seed": -7,
              "codec": "float16", "max_examples": 512, "mu": 0.01}),
@@ -273,7 +275,7 @@ def test_defaults_fill_absent_optional_fields() -> None:
     decoded = decode(payload, DeviceStatus)
     assert decoded == DeviceStatus("pi-07", online=False, eligible=True)
     assert (decoded.reasons, decoded.examples, decoded.artifact_id, decoded.model_version) == ((), 0, "", -1)
-    assert (decoded.backend, decoded.sent_at) == ("", 0.0)
+    assert (decoded.backend, decoded.sent_at, decoded.codecs, decoded.link) == ("", 0.0, (), "")
 
 
 def test_reasons_decode_to_a_tuple() -> None:
@@ -540,7 +542,8 @@ def test_update_metadata_is_the_header_as_strings() -> None:
 
 def test_global_metadata_is_the_header_as_strings() -> None:
     header, _ = split(encode_tensors(GLOBAL, {"w": np.ones(2, np.float32)}))
-    assert header == {"__metadata__": GLOBAL_METADATA, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    metadata = {**GLOBAL_METADATA, "sha256": "", "delta_codec": "none"}  # the defaults of the downlink's fields
+    assert header == {"__metadata__": metadata, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
 
 
 @pytest.mark.parametrize(("header", "metadata"), [(UPDATE, UPDATE_METADATA), (GLOBAL, GLOBAL_METADATA)],

@@ -88,7 +88,8 @@ def test_a_checkpoint_is_not_overwritten_without_resume_nor_used_for_another_art
     ({"strategy": "fedavg", "beta1": 0.9}, "'beta1': expected an option of strategy 'fedavg', which takes server-lr"),
     ({"strategy": "median", "server_momentum": 0.5}, "'server-momentum'"),
     ({"strategy": "fedadam", "beta2": 1.0}, "'beta2'"),
-    ({"codec": "int8"}, "'codec': expected one of float32, float16"),
+    ({"codec": "int3"}, "'codec': expected auto or one of float32, float16"),
+    ({"codec_table": (("satellite", "int8"),)}, "'codec-table.satellite': expected a link class: one of wired, "),
     ({"max_examples": 0}, "'max-examples'"),
     ({"weighting": "by-loss"}, "'weighting': expected examples or uniform"),
 ])

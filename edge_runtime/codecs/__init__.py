@@ -5,7 +5,7 @@ encodes after clipping (and after error feedback), the coordinator decodes
 before any other check. Each codec declares the payload size it can produce
 (the coordinator refuses anything larger unread) and the largest L2 norm a
 device that clipped to a bound can make it decode to (the coordinator's norm
-check allows exactly that). docs/PROTOCOL.md section 6 gives each wire format.
+check allows exactly that). docs/PROTOCOL.md section 5.11 gives each wire format.
 
 Names, as in ``--codec`` and the task's ``codec`` field:
 
@@ -82,6 +82,15 @@ def _fraction(text: str, name: str) -> float:
     return fraction
 
 
+def codec_problem(name: str) -> str | None:
+    """Why ``name`` is not a codec name (None if it is one): for configuration checks."""
+    try:
+        get_codec(name)
+    except ProtocolError as exc:
+        return exc.problem
+    return None
+
+
 def codec_name(text: str) -> str:
     """``text`` if it names a codec (for argparse and configuration checks); else ``ValueError`` saying why."""
     try:
@@ -91,4 +100,5 @@ def codec_name(text: str) -> str:
 
 
 __all__ = ["CODEC_NAMES", "COMPOSABLE", "DEFAULT_CODEC", "FLOAT16", "FLOAT32", "HEADER_BYTES", "INT4", "INT8",
-           "UNKNOWN_CODEC", "Codec", "DenseCodec", "Encoded", "FlatCodec", "VectorCodec", "codec_name", "get_codec"]
+           "UNKNOWN_CODEC", "Codec", "DenseCodec", "Encoded", "FlatCodec", "VectorCodec", "codec_name", "codec_problem",
+           "get_codec"]

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from edge_runtime.signals.base import SIGNAL_NAMES, SignalProvider, SignalReader, Signals, describe
 from edge_runtime.signals.file import FileSignals, parse_signals
+from edge_runtime.signals.link import link_class
 from edge_runtime.signals.termux import TermuxProvider, on_termux
 
-__all__ = ["SIGNAL_NAMES", "FileSignals", "SignalProvider", "SignalReader", "Signals", "describe", "parse_signals",
-           "system_reader"]
+__all__ = ["SIGNAL_NAMES", "FileSignals", "SignalProvider", "SignalReader", "Signals", "describe", "link_class",
+           "parse_signals", "system_reader"]
 
 
 def system_reader(disk_path: Path, metered: Sequence[str] = (), unmetered: Sequence[str] = (),

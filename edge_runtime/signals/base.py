@@ -20,6 +20,10 @@ Power = Literal["mains", "charging", "battery"]
 Network = Literal["unmetered", "metered", "offline"]
 POWER_VALUES: tuple[str, ...] = ("mains", "charging", "battery")
 NETWORK_VALUES: tuple[str, ...] = ("unmetered", "metered", "offline")
+# The class of the link a device trains over, as its status advertises it (docs/PROTOCOL.md 5.1); the coordinator
+# may choose each device's codec by it (docs/COMPRESSION.md).
+Link = Literal["wired", "wifi", "cellular", "constrained"]
+LINK_VALUES: tuple[str, ...] = ("wired", "wifi", "cellular", "constrained")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,10 @@ class Signals:
     ``power`` is ``mains`` on a machine with no battery, ``charging`` when a
     battery is being charged (or full on a charger), ``battery`` otherwise.
     ``cpu_percent`` is the CPU share used by other processes, in percent of all
-    cores, so a device's own training does not make it look busy.
+    cores, so a device's own training does not make it look busy. ``link`` is
+    the link's class when a provider knows it (a signals file, an emulated
+    device's profile); otherwise ``link_class`` derives it from ``network`` and
+    ``interface``.
     """
 
     power: Power | None = None
@@ -42,6 +49,7 @@ class Signals:
     interface: str | None = None
     free_memory_mb: float | None = None
     free_disk_mb: float | None = None
+    link: Link | None = None
 
     def known(self) -> dict[str, Any]:
         """The signals this reading knows, by name."""

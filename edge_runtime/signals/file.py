@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import SignalError
-from edge_runtime.signals.base import NETWORK_VALUES, POWER_VALUES, SIGNAL_NAMES, Signals
+from edge_runtime.signals.base import LINK_VALUES, NETWORK_VALUES, POWER_VALUES, SIGNAL_NAMES, Signals
 
 RANGES = {"battery_percent": (0.0, 100.0), "cpu_percent": (0.0, 100.0)}
-TEXT_CHOICES = {"power": POWER_VALUES, "network": NETWORK_VALUES}
+TEXT_CHOICES = {"power": POWER_VALUES, "network": NETWORK_VALUES, "link": LINK_VALUES}
 
 
 def parse_signals(data: Any, source: object) -> Signals:
