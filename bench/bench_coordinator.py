@@ -633,7 +633,7 @@ def stage_times(artifact: Path, update: dict[str, np.ndarray], reps: int,
         if has_non_finite(tensors):
             raise SystemExit("the benchmark's own update holds NaN or Inf")
         t2 = time.perf_counter()
-        checked = codec.decode(tensors, specs)
+        checked = codec.decode(tensors, specs, 0)
         t3 = time.perf_counter()
         if l2_norm(checked) > codec.max_norm(CLIP_NORM, parameters):
             raise SystemExit("the benchmark's own update is over the clip bound")
@@ -681,7 +681,7 @@ def strategy_costs(artifact: Path, update: dict[str, np.ndarray], counts: Iterab
     def fresh() -> dict[str, np.ndarray]:
         """A freshly decoded update, as ``OpenRound`` hands it to the accumulator."""
         _header, tensors = decode_tensors(payload, UpdateHeader, limit)
-        return codec.decode(tensors, specs)
+        return codec.decode(tensors, specs, 0)
 
     out: dict[str, Any] = {}
     for name in STRATEGIES:
