@@ -40,6 +40,14 @@ class CoordinatorMetrics:
         self.bytes_in = prom.Counter("edgefl_bytes_received", "Payload bytes received from devices", **kw)
         self.bytes_out = prom.Counter("edgefl_bytes_sent", "Payload bytes published (artifact, global model, "
                                       "tasks, state)", **kw)
+        self.by_codec = prom.Counter("edgefl_updates_by_codec", "Updates accepted, by the codec they travelled in "
+                                     "(docs/COMPRESSION.md)", ["codec"], **kw)
+        self.update_bytes = prom.Counter("edgefl_update_bytes", "Payload bytes of the accepted updates", **kw)
+        self.update_bytes_float32 = prom.Counter(
+            "edgefl_update_bytes_float32", "What the accepted updates would have weighed in float32 (headers as sent): "
+            "divided by edgefl_update_bytes_total, the compression", **kw)
+        self.model_bytes = prom.Counter("edgefl_model_bytes_down", "Bytes the selected devices fetch for their tasks "
+                                        "(each its task and the model, as a delta or in full)", **kw)
         self.duration = prom.Histogram("edgefl_round_duration_seconds", "Duration of a round, its evaluation "
                                        "included", buckets=DURATION_BUCKETS, **kw)
         self.test_accuracy = prom.Gauge("edgefl_test_accuracy", "Accuracy of the global model on --test-data, "
@@ -65,6 +73,7 @@ class CoordinatorMetrics:
                 self.refused.labels(reason).inc(count)
         self.bytes_in.inc(line["bytes_in"])
         self.bytes_out.inc(line["bytes_out"])
+        self._observe_traffic(line)
         self.duration.observe(line["duration_s"])
         self.round.set(line["round"])
         self.model_version.set(line["model_version"])
@@ -75,6 +84,13 @@ class CoordinatorMetrics:
         personalized = (line.get("federated_eval") or {}).get("personalized_accuracy")
         if personalized is not None:
             self.personalized_accuracy.set(personalized)
+
+    def _observe_traffic(self, line: Mapping[str, Any]) -> None:
+        for codec, count in (line.get("codec_mix") or {}).items():
+            self.by_codec.labels(codec).inc(count)
+        self.update_bytes.inc(line.get("bytes_up") or 0)
+        self.update_bytes_float32.inc(line.get("bytes_up_float32") or 0)
+        self.model_bytes.inc(line.get("bytes_down") or 0)
 
     def observe_devices(self, statuses: Iterable[DeviceStatus]) -> None:
         online = [s for s in statuses if s.online]

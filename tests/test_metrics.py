@@ -47,8 +47,10 @@ def line(number: int, status: str, reported: int, rejected: dict[str, int], late
 
 def test_counters_add_up_the_round_lines_and_gauges_keep_the_last_values() -> None:
     metrics = CoordinatorMetrics()
-    metrics.observe_round(line(1, "committed", 3, {"norm_exceeded": 1}, 2, 1000, 5000, 1.5, 0.75))
-    metrics.observe_round(line(2, "abandoned", 1, {"norm_exceeded": 2, "malformed": 1}, 0, 300, 200, 30.0, None))
+    metrics.observe_round({**line(1, "committed", 3, {"norm_exceeded": 1}, 2, 1000, 5000, 1.5, 0.75),
+                           "bytes_up": 900, "bytes_up_float32": 3600, "bytes_down": 4000, "codec_mix": {"int8": 3}})
+    metrics.observe_round({**line(2, "abandoned", 1, {"norm_exceeded": 2, "malformed": 1}, 0, 300, 200, 30.0, None),
+                           "bytes_up": 100, "bytes_up_float32": 400, "bytes_down": 300, "codec_mix": {"float32": 1}})
     metrics.observe_devices([DeviceStatus("a", True, True), DeviceStatus("b", True, False, ("battery low",)),
                              DeviceStatus("c", False, False, ("offline",))])
     got = samples(metrics.exposition().decode())
@@ -58,6 +60,11 @@ def test_counters_add_up_the_round_lines_and_gauges_keep_the_last_values() -> No
     refused = {labels[0][1]: value for (name, labels), value in got.items() if name == "edgefl_updates_refused_total"}
     assert refused == {"norm_exceeded": 3, "malformed": 1, "late": 2}
     assert (got[("edgefl_bytes_received_total", ())], got[("edgefl_bytes_sent_total", ())]) == (1300, 5200)
+    assert got[("edgefl_update_bytes_total", ())] == 900 + 100
+    assert got[("edgefl_update_bytes_float32_total", ())] == 3600 + 400
+    assert got[("edgefl_model_bytes_down_total", ())] == 4000 + 300
+    assert got[("edgefl_updates_by_codec_total", (("codec", "int8"),))] == 3
+    assert got[("edgefl_updates_by_codec_total", (("codec", "float32"),))] == 1
     assert got[("edgefl_round_duration_seconds_count", ())] == 2
     assert got[("edgefl_round_duration_seconds_sum", ())] == 31.5
     assert got[("edgefl_round_duration_seconds_bucket", (("le", "2.0"),))] == 1
