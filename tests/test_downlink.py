@@ -23,7 +23,7 @@ import pytest
 from coordinator.config import CoordinatorConfig, build_config
 from coordinator.downlink import compress, downlink_codec, downlink_seed
 from coordinator.errors import ConfigError
-from coordinator.machine import Effect, Now, Publish, RoundMachine, Save
+from coordinator.machine import Effect, Line, Now, Publish, RoundMachine, Save
 from coordinator.pipeline_args import add_pipeline_arguments
 from coordinator.server_state import ServerState
 from device_profiles.fleet_config import FleetConfig
@@ -722,3 +722,27 @@ def test_a_connection_subscribes_and_unsubscribes_while_it_runs(federation: str)
     finally:
         conn.close()
         watcher.close()
+
+
+def test_bytes_down_count_the_delta_for_a_device_whose_status_holds_the_version_before() -> None:
+    m, _ = machine("int8", round_interval=100.0)
+    effects = run_rounds(m, 1)  # round 1 commits version 1; round 2 waits for the interval
+    messages = published(effects)
+    delta = [p for t, p in messages if t == TOPICS.delta_model and p][-1]
+    full = [p for t, p in messages if t == TOPICS.global_model][-1]
+    held = dict(zip(DEVICES, (1, 0, -1), strict=True))  # applied the delta; about to; new (or away)
+    for device, version in held.items():
+        m.receive(TOPICS.status(device), encode(DeviceStatus(device, True, True, artifact_id=AID,
+                                                             model_version=version)), at(50.0))
+    step = m.tick(at(200.0))
+    sent = tasks_in(step)
+    task_bytes = {device: len(p) for t, p in published(step) if t.endswith("/task") and p
+                  for device in [t.split("/")[-2]]}
+    expected = sum(task_bytes[d] + (len(delta) if held[d] in (0, 1) else len(full)) for d in sent)
+    line = None
+    for i, device in enumerate(sorted(sent)[:2]):
+        for effect in m.receive(*an_update(sent[device], device, 90 + i), at(201.0 + i)):
+            line = effect.line if isinstance(effect, Line) else line
+    assert line is not None and line["round"] == 2
+    assert line["bytes_down"] == expected
+    assert {held[d] for d in sent} == {1, 0, -1}  # all three cases were counted
