@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 if TYPE_CHECKING:
+    from edge_runtime.protocol import Topics
     from tests.conftest import FederationFiles
 
 # The machine's Mosquitto; EDGEFL_TEST_BROKER points the suite at another one (a private broker, so that a
@@ -244,3 +246,53 @@ def round_lines(proc: subprocess.Popen[str], count: int, timeout: float) -> list
     lines = [reader.next(timeout) for _ in range(count)]
     assert proc.wait(30) == 0
     return lines
+
+
+# --- a device agent without a broker ---------------------------------------------------------------
+
+
+@dataclass
+class RecordingConnection:
+    """Stands for MqttConnection: records (un)subscriptions and publishes; grants every subscription."""
+
+    subscribed: set[str]
+    granted_topics: set[str]
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.subscribed.add(topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        self.subscribed.discard(topic)
+
+    def granted(self, topic: str) -> bool:
+        return topic in self.granted_topics and topic in self.subscribed
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
+        self.published.append((topic, payload))
+
+
+def offline_agent(files: FederationFiles, cache: Path, topics: Topics, device_id: str = "u1") -> Any:
+    """A ``DeviceAgent`` on device 0's data whose connection only records, with the federation's artifact loaded:
+    a test feeds it messages through ``_handle`` and reads what it published."""
+    import numpy as np
+
+    from edge_runtime.agent import AgentConfig, DeviceAgent
+    from edge_runtime.artifact import Artifact
+    from edge_runtime.broker_args import mqtt_options
+    from edge_runtime.data import Dataset
+    from edge_runtime.manifest import MANIFEST_FILE
+    from edge_runtime.protocol import bundle_files
+
+    data = np.load(files.devices[0])
+    config = AgentConfig(device_id, Dataset(data["x"], data["y"]), mqtt_options("mqtt://127.0.0.1:1", device_id),
+                         cache, topics, num_threads=1)
+    agent = DeviceAgent(config)
+    subscribed = {topic for topic, _ in topics.device_subscriptions(device_id)}
+    agent._conn = RecordingConnection(subscribed, set(subscribed))
+    artifact = Artifact.load(files.artifact)
+    manifest = artifact.manifest
+    names = (MANIFEST_FILE, manifest.tflite_file, manifest.weights_file)
+    agent._handle(topics.artifact, bundle_files({name: (artifact.folder / name).read_bytes() for name in names},
+                                                MANIFEST_FILE))
+    return agent

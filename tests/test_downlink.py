@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ from edge_runtime.protocol import (
     TrainTask,
     UpdateHeader,
     add_delta,
-    bundle_files,
     decode,
     decode_header,
     decode_tensors,
@@ -63,6 +62,7 @@ from edge_runtime.protocol import (
 )
 from edge_runtime.weights import Weights
 from tests.conftest import FederationFiles
+from tests.federation_tools import offline_agent
 
 AID = "ab" * 32
 SPECS = (WeightSpec("w", (2,)), WeightSpec("b", (1,)))
@@ -508,47 +508,9 @@ def test_which_model_topic_a_device_needs(held: GlobalModel | None, behind: bool
 # --- the agent's decisions, with a connection that only records -------------------------------------------
 
 
-@dataclass
-class RecordingConnection:
-    """Stands for MqttConnection: records (un)subscriptions and publishes; grants every subscription."""
-
-    subscribed: set[str]
-    granted_topics: set[str]
-    published: list[tuple[str, bytes]] = field(default_factory=list)
-
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        self.subscribed.add(topic)
-
-    def unsubscribe(self, topic: str) -> None:
-        self.subscribed.discard(topic)
-
-    def granted(self, topic: str) -> bool:
-        return topic in self.granted_topics and topic in self.subscribed
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
-        self.published.append((topic, payload))
-
-
 @pytest.fixture
 def device(federation_files: FederationFiles, tmp_path: Path) -> Iterator[Any]:
-    from edge_runtime.agent import AgentConfig, DeviceAgent
-    from edge_runtime.artifact import Artifact
-    from edge_runtime.broker_args import mqtt_options
-    from edge_runtime.manifest import MANIFEST_FILE
-
-    topics = Topics("unit")
-    data = np.load(federation_files.devices[0])
-    config = AgentConfig("u1", Dataset(data["x"], data["y"]), mqtt_options("mqtt://127.0.0.1:1", "u1"),
-                         tmp_path / "cache", topics, num_threads=1)
-    agent = DeviceAgent(config)
-    subscribed = {topic for topic, _ in topics.device_subscriptions("u1")}
-    agent._conn = RecordingConnection(subscribed, set(subscribed))  # type: ignore[assignment]
-    artifact = Artifact.load(federation_files.artifact)
-    manifest = artifact.manifest
-    files = {name: (artifact.folder / name).read_bytes()
-             for name in (MANIFEST_FILE, manifest.tflite_file, manifest.weights_file)}
-    bundle = bundle_files(files, MANIFEST_FILE)
-    agent._handle(topics.artifact, bundle)
+    agent = offline_agent(federation_files, tmp_path / "cache", Topics("unit"))
     yield agent
     agent._stop.set()
 

@@ -4,16 +4,20 @@ across a restart, per device and artifact, dropping it when the artifact changes
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from edge_runtime.cache import ResidualStore
 from edge_runtime.manifest import Manifest, WeightSpec
-from edge_runtime.protocol import TrainTask
+from edge_runtime.protocol import GlobalHeader, Topics, TrainTask, encode, encode_tensors
 from edge_runtime.update_stages import UpdatePipeline
-from edge_runtime.weights import save_weights
+from edge_runtime.weights import save_weights, select
+from tests.conftest import FederationFiles
+from tests.federation_tools import offline_agent
 
 BASE = {"w": np.zeros((2, 4), np.float32), "b": np.zeros(2, np.float32)}
 LOCAL = {"w": np.array([[0.5, -0.25, 0.0, 1.0], [0.0, 0.0, 0.125, 0.0]], np.float32),
@@ -65,3 +69,33 @@ def test_a_residual_file_that_does_not_fit_is_dropped_saying_why(tmp_path: Path,
     with caplog.at_level(logging.WARNING):
         assert store.restore("a" * 64, MANIFEST) is None
     assert "dropping the error-feedback residual" in caplog.text
+
+
+def test_a_restarted_device_sends_its_next_update_with_the_residual_it_kept(federation_files: FederationFiles,
+                                                                           tmp_path: Path) -> None:
+    """Train with a biased codec, restart the device on the same cache: the new agent holds the residual the first
+    one saved after its upload, and its next update carries it (a device without it sends something else)."""
+    topics = Topics("feedback")
+    first = offline_agent(federation_files, tmp_path / "cache", topics)
+    start = select(first._model.artifact.initial_weights(), first._model.artifact.manifest.federated)
+    first._handle(topics.global_model, encode_tensors(GlobalHeader(0, 0, first._model.artifact_id), start))
+
+    def train(agent: Any, task_id: str) -> bytes:
+        task = TrainTask(task_id, 1, 0, agent._model.artifact_id, time.time() + 600, 1, 0.05, 5.0, 7,
+                         codec="topk:0.05")
+        agent._newest_task = task.task_id
+        agent._handle(topics.task("u1"), encode(task))
+        return next(p for t, p in agent._conn.published if t == topics.update("u1"))
+
+    train(first, "t-1")
+    kept = first._model.residual
+    assert kept is not None and any(np.any(value != 0) for value in kept.values())
+    assert ResidualStore(tmp_path / "cache", "u1").path(first._model.artifact_id).is_file()
+
+    restarted = offline_agent(federation_files, tmp_path / "cache", topics)
+    restarted._handle(topics.global_model, encode_tensors(GlobalHeader(0, 0, restarted._model.artifact_id), start))
+    assert all(np.array_equal(restarted._model.residual[n], kept[n]) for n in kept)
+    fresh = offline_agent(federation_files, tmp_path / "other-cache", topics)
+    fresh._handle(topics.global_model, encode_tensors(GlobalHeader(0, 0, fresh._model.artifact_id), start))
+    assert fresh._model.residual is None
+    assert train(restarted, "t-2") != train(fresh, "t-2")  # same data, seed and task: only the residual differs
