@@ -25,7 +25,7 @@ class CodecTable:
     wired: str = "float16"  # bytes are cheap: half of float32's, at a rounding error (2^-11) far below SGD's noise
     wifi: str = "float16"  # tens of Mbit/s and unmetered: the same trade as wired
     cellular: str = "int8"  # metered: a quarter of float32's bytes, unbiased, no residual kept on the device
-    constrained: str = "rotated-sign"  # under 1 Mbit/s up: ~1 bit a value, its bias carried by error feedback
+    constrained: str = "rotated-sign"  # under 1 Mbit/s up: ~1 bit a value, unbiased, no residual on the device
     unknown: str = "int8"  # a link the device does not name: as if metered
 
     def __post_init__(self) -> None:

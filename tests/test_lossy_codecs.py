@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from edge_runtime.codecs import get_codec
+from edge_runtime.codecs import FlatCodec, get_codec
 from edge_runtime.codecs.rotation import block_size, hadamard, random_signs, rotate, unrotate
+from edge_runtime.codecs.signs import RotatedSigns
 from edge_runtime.errors import ProtocolError, WeightsError
 from edge_runtime.feedback import encode_with_feedback
 from edge_runtime.manifest import WeightSpec
@@ -33,7 +34,8 @@ def flat(weights: dict[str, np.ndarray]) -> np.ndarray:
 
 def test_names_are_parsed_canonically_and_bad_ones_refused_with_what_is_expected() -> None:
     assert get_codec("topk:0.01+int8").name == "topk:0.01+int8"
-    assert get_codec("topk:0.1").feedback and get_codec("sign").feedback and not get_codec("int8").feedback
+    assert get_codec("topk:0.1").feedback and get_codec("sign").feedback
+    assert not get_codec("int8").feedback and not get_codec("rotated-sign").feedback
     for name, message in [("topk:0", r"must be a number in \(0, 1\)"), ("topk:1.5", "must be a number"),
                           ("topk:0.10", "write 'topk:0.1'"), ("topk:0.1+rotated-sign", "cannot encode its values"),
                           ("int3", "is not known")]:
@@ -84,27 +86,50 @@ def test_the_sign_stream_is_the_documented_sha256_counter_stream() -> None:
     assert len(random_signs(5, 1000)) == 1000 and not np.array_equal(random_signs(5, 64), random_signs(6, 64))
 
 
+@pytest.mark.parametrize("unbiased", [True, False], ids=["eden", "drive"])
 @pytest.mark.parametrize("shape", ["dense", "one-hot"])
-def test_rotated_sign_error_matches_its_theory_even_for_a_one_hot_update(shape: str) -> None:
-    """For a block of B rotated values y with scale ||y||_1 / B, the squared error is exactly
-    ||x||^2 - sum_b ||y_b||_1^2 / B. After a random rotation the values of a dense update are close to Gaussian,
-    so the error is close to (1 - 2/pi) ||x||^2 (DRIVE's bound); a one-hot update rotates to values of equal
-    magnitude, which one bit and a scale send exactly. Plain sign on a one-hot update loses almost all of it."""
+def test_rotated_sign_error_matches_its_theory_even_for_a_one_hot_update(shape: str, unbiased: bool) -> None:
+    """For a block of B rotated values y: with DRIVE's scale ||y||_1 / B the squared error is exactly
+    ||y||^2 - ||y||_1^2 / B, close to (1 - 2/pi) ||y||^2 once the rotation has made the values nearly Gaussian;
+    with EDEN's unbiased scale ||y||^2 / ||y||_1 it is exactly ||y||^2 (B ||y||^2 / ||y||_1^2 - 1), close to
+    (pi/2 - 1) ||y||^2. A one-hot update rotates to values of equal magnitude, which one bit and either scale send
+    exactly; plain sign on a one-hot update loses almost all of it."""
     n = 4096
     x = np.random.default_rng(1).standard_normal(n).astype(np.float32) if shape == "dense" else np.eye(1, n)[0]
     specs = (WeightSpec("w", (n,)),)
     value = {"w": x.astype(np.float32)}
-    encoded = get_codec("rotated-sign").encode(value, specs, 17, math.inf)
+    codec = FlatCodec("rotated-sign", RotatedSigns(unbiased))
+    encoded = codec.encode(value, specs, 17, math.inf)
     error = float(np.sum((encoded.decoded["w"].astype(np.float64) - x) ** 2))
     energy = float(np.sum(x.astype(np.float64) ** 2))
     y = rotate(value["w"], 17, 1024).astype(np.float64)
-    assert error == pytest.approx(energy - float(np.sum(np.sum(np.abs(y), axis=1) ** 2)) / 1024, rel=1e-4)
-    assert error / energy <= (1 - 2 / math.pi) + 0.03
+    l1, l2 = np.sum(np.abs(y), axis=1), np.sum(y**2, axis=1)
+    l1, l2 = l1[l1 > 0], l2[l1 > 0]  # blocks of zeros decode to zeros
+    closed = float(np.sum(l2 * (1024 * l2 / l1**2 - 1))) if unbiased else energy - float(np.sum(l1**2)) / 1024
+    theory = math.pi / 2 - 1 if unbiased else 1 - 2 / math.pi
+    assert error == pytest.approx(closed, rel=1e-3, abs=1e-9)
+    assert error / energy <= theory + 0.04
     if shape == "dense":
-        assert error / energy > (1 - 2 / math.pi) - 0.03
+        assert error / energy > theory - 0.04
     plain = get_codec("sign").encode(value, specs, 17, math.inf).decoded["w"].astype(np.float64)
     if shape == "one-hot":
         assert float(np.sum((plain - x) ** 2)) / energy > 0.99
+
+
+def test_rotated_sign_is_unbiased_over_the_rotation() -> None:
+    """The mean of decodings under many seeds (rotations) converges to the update: the distance left is the size
+    of the averaged noise alone, sqrt((pi/2 - 1) / draws) of the update."""
+    n, draws = 2048, 2000
+    specs = (WeightSpec("w", (n,)),)
+    x = np.random.default_rng(2).standard_normal(n).astype(np.float32)
+    total = np.zeros(n)
+    for seed in range(draws):
+        total += get_codec("rotated-sign").encode({"w": x}, specs, seed, math.inf).decoded["w"]
+    gap = float(np.linalg.norm(total / draws - x) / np.linalg.norm(x))
+    assert gap < 1.2 * math.sqrt((math.pi / 2 - 1) / draws)
+    biased = FlatCodec("rotated-sign", RotatedSigns(unbiased=False))
+    shrunk = sum(biased.encode({"w": x}, specs, seed, math.inf).decoded["w"] for seed in range(50)) / 50
+    assert float(np.linalg.norm(shrunk - x) / np.linalg.norm(x)) > 0.3  # DRIVE's scale shrinks every decoding
 
 
 def test_sign_sends_the_sign_and_the_mean_magnitude_per_block() -> None:
@@ -142,7 +167,7 @@ def test_payload_sizes_are_the_declared_layout(name: str) -> None:
     assert sum(t.nbytes for t in encoded.tensors.values()) + 64 * 1024 == codec.payload_limit(N)
 
 
-@pytest.mark.parametrize("name", ["sign", "rotated-sign", "topk:0.05", "topk:0.1+int8", "topk:0.1+sign"])
+@pytest.mark.parametrize("name", ["sign", "topk:0.05", "topk:0.1+int8", "topk:0.1+sign"])
 def test_error_feedback_conserves_the_sum_of_the_updates(name: str) -> None:
     """Everything sent plus the residual equals the sum of the true updates, in float64."""
     codec, bound = get_codec(name), 1.0

@@ -18,7 +18,7 @@ Names, as in ``--codec`` and the task's ``codec`` field:
   indices and float32 values; ``topk:FRACTION+VALUES`` encodes the values with
   one of ``COMPOSABLE`` instead (``topk:0.01+int8``) (``topk``).
 
-Every codec but ``float32``, ``float16``, ``int8`` and ``int4`` is biased; the
+Every codec but ``float32``, ``float16``, ``int8``, ``int4`` and ``rotated-sign`` is biased; the
 device keeps what such a codec dropped and adds it to its next update
 (``Codec.feedback``, ``edge_runtime.feedback``).
 """

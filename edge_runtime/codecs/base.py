@@ -59,7 +59,8 @@ class VectorCodec(Protocol):
     """Encodes one flat float32 vector (all of an update's tensors in manifest order) as named tensors;
     ``biased``: whether the decoded vector's expectation differs from the vector (error feedback applies)."""
 
-    biased: bool
+    @property
+    def biased(self) -> bool: ...
 
     def layout(self, n: int) -> Layout:
         """Every tensor, dtype and shape the encoding of a vector of ``n`` values has."""

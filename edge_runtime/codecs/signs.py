@@ -2,17 +2,22 @@
 
 ``sign``: a value >= 0 is bit 1 and decodes to ``+s``, a negative one is bit 0
 and decodes to ``-s``, ``s`` its block's mean magnitude (blocks of 1024
-values). ``rotated-sign`` (after DRIVE, Vargaftik et al. 2021): the same on the
-update rotated by ``edge_runtime.codecs.rotation``, block by block, decoded by
-the inverse rotation; rotating first spreads the update's energy evenly, so one
-bit per coordinate loses less. Bits are packed eight per byte, most significant
-first; padding bits are 0.
+values). With ``s = ||x_b||_1 / m`` for a block of ``m`` values, the decoded
+block has norm ``||x_b||_1 / sqrt(m) <= ||x_b||_2``: it never lengthens an
+update. It is biased (the scale minimizes the error, it does not remove its
+mean): devices use error feedback with it.
 
-With ``s = ||x_b||_1 / m`` for a block of ``m`` values, the decoded block has
-norm ``||x_b||_1 / sqrt(m) <= ||x_b||_2``: neither codec lengthens an update,
-and the rotation is orthonormal, so the coordinator's norm check holds as is.
-Both are biased (the scale minimizes the error, it does not remove its mean):
-devices use error feedback with them.
+``rotated-sign`` (after DRIVE and EDEN, Vargaftik et al. 2021-2022): the signs
+of the update rotated by ``edge_runtime.codecs.rotation``, block by block,
+decoded by the inverse rotation; rotating first spreads the update's energy
+evenly, so one bit per coordinate loses less whatever the update looks like.
+Its scale is EDEN's ``||y_b||_2^2 / ||y_b||_1``, which makes the decoding
+unbiased over the random rotation: the devices' errors average out in the
+round's mean, with no residual to keep. That scale lengthens a block (by about
+sqrt(pi/2) for Gaussian-like values); an update it carries over the bound is
+shrunk to it by ``FlatCodec``, as for int8.
+
+Bits are packed eight per byte, most significant first; padding bits are 0.
 """
 
 from __future__ import annotations
@@ -72,7 +77,15 @@ class Signs:
 
 @dataclass(frozen=True)
 class RotatedSigns:
-    biased = True
+    """``unbiased``: each block's scale is ``||y_b||^2 / ||y_b||_1`` (EDEN, Vargaftik et al. 2022), whose decoding
+    is unbiased over the random rotation, so many devices' errors average out without error feedback; otherwise
+    ``||y_b||_1 / B`` (DRIVE's least-error scale), biased, with feedback."""
+
+    unbiased: bool = True
+
+    @property
+    def biased(self) -> bool:
+        return not self.unbiased
 
     def layout(self, n: int) -> Layout:
         size = block_size(n)
@@ -82,7 +95,13 @@ class RotatedSigns:
     def encode(self, x: np.ndarray, rng: np.random.Generator, seed: int) -> Weights:
         size = block_size(x.size)
         y = rotate(x, seed, size)
-        return {"bits": _pack(y, y.size), "scales": _scales(y, np.full(y.shape[0], size))}
+        l1 = np.sum(np.abs(y), axis=1, dtype=np.float64)
+        if self.unbiased:
+            energy = np.sum(np.square(y, dtype=np.float64), axis=1)
+            scales = np.divide(energy, l1, out=np.zeros_like(l1), where=l1 > 0).astype(np.float32)
+        else:
+            scales = (l1 / size).astype(np.float32)
+        return {"bits": _pack(y, y.size), "scales": scales}
 
     def decode(self, tensors: Mapping[str, np.ndarray], n: int, seed: int) -> np.ndarray:
         check_scales(tensors["scales"], "scales")
