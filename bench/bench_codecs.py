@@ -781,8 +781,8 @@ def render_accuracy(report: dict[str, Any]) -> list[str]:
              "float32's run on the same seed (same split, partition and profiles), averaged over the seeds; "
              "accuracy is the final test accuracy, mean ± half its range over the seeds; points lost are float32's "
              "final minus the codec's (last three rounds beside it: one run moves by up to 2 points, see the "
-             "strategies section's noise floor). Biased codecs (sign, rotated-sign, topk) run with the devices' "
-             "error feedback. " + bytes_note(report), "",
+             "strategies section's noise floor). The biased codecs (sign, topk) run with the devices' error "
+             "feedback; rotated-sign is unbiased (EDEN's scale) and runs without. " + bytes_note(report), "",
              "| codec | uplink bytes/update | vs float32 | downlink bytes/device/round "
              f"| final accuracy (seeds {head}) | mean of last 3 rounds | points lost (final / last 3) "
              "| 10x at ≤ 1 pt | 30x at ≤ 2 pts | notes |",
