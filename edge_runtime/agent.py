@@ -267,6 +267,7 @@ class DeviceAgent:
             return
         if fresh is not None:
             self.stats.deltas_applied += 1
+            self._behind = ""  # caught up: a task that named this version, or a refused delta, is behind it now
             self._adopt(fresh, "delta")
 
     def _adopt(self, fresh: GlobalModel, kind: str) -> None:

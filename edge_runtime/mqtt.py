@@ -130,7 +130,9 @@ class MqttConnection:
         self._subscriptions = dict(subscriptions)  # topic filter -> QoS, re-subscribed on every connect
         self._subscribing: dict[int, tuple[str, ...]] = {}  # mid of a SUBSCRIBE awaiting its SUBACK -> its filters
         self._connect_mid: int | None = None  # the SUBSCRIBE of the current connection's first subscriptions
-        self._granted: set[str] = set()  # filters the broker accepted on this connection
+        # Filters the broker accepted at its last SUBACK for them; kept across a reconnect until the new SUBACK says
+        # otherwise, so a device does not take a broker that has not answered yet for one that refused.
+        self._granted: set[str] = set()
         self._live = False  # the current connection has been sent the subscriptions (later ones go out at once)
         self._subscriptions_lock = threading.Lock()  # the owner's thread changes them, paho's renews them
         self._on_message = on_message
@@ -159,7 +161,7 @@ class MqttConnection:
             return tuple(self._subscriptions.items())
 
     def granted(self, topic: str) -> bool:
-        """Whether the broker accepted the subscription to ``topic`` on the current connection."""
+        """Whether the broker accepted the subscription to ``topic`` the last time it answered for it."""
         with self._subscriptions_lock:
             return topic in self._granted
 
@@ -334,7 +336,6 @@ class MqttConnection:
             return
         self._unreachable = False
         with self._subscriptions_lock:
-            self._granted.clear()
             self._subscribing.clear()
             self._connect_mid = self._send_subscribe(client, list(self._subscriptions.items()))
             self._live = True
@@ -359,7 +360,8 @@ class MqttConnection:
         with self._subscriptions_lock:
             topics = self._subscribing.pop(mid, ())
             verdicts = list(zip(topics, reasons, strict=False))
-            self._granted.update(topic for topic, reason in verdicts if getattr(reason, "value", reason) < 0x80)
+            for topic, reason in verdicts:
+                (self._granted.add if getattr(reason, "value", reason) < 0x80 else self._granted.discard)(topic)
             first = mid == self._connect_mid
         refused = [topic for topic, reason in verdicts if getattr(reason, "value", reason) >= 0x80]
         if refused:  # the broker's ACL said no: nothing will arrive on these
@@ -380,7 +382,6 @@ class MqttConnection:
         self.connected.clear()
         self.subscribed.clear()
         with self._subscriptions_lock:
-            self._granted.clear()
             self._live = False
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:

@@ -591,6 +591,23 @@ def test_a_task_for_a_version_the_device_does_not_hold_fetches_the_full_model(de
     assert not any(topic == topics.report("u1") for topic, _ in conn.published)  # not reported failed
 
 
+def test_a_delta_that_catches_up_with_a_waiting_task_ends_the_full_model_fetch(device: Any) -> None:
+    """A task for version 1 overtook version 1's delta: the device asks for the full model, but the delta arrives
+    first, brings it to version 1, starts the task, and the device goes back to following only the deltas."""
+    topics, conn = device.topics, device._conn
+    start = {spec.name: np.zeros(spec.shape, np.float32) for spec in device_specs(device)}
+    device._handle(topics.global_model, full_message(device, 0, start))
+    task = TrainTask("t-1", 2, 1, device._model.artifact_id, time.time() + 60, 1, 0.05, 5.0, 1)
+    device._newest_task = task.task_id
+    device._handle(topics.task("u1"), encode(task))
+    assert device._waiting == task and topics.global_model in conn.subscribed
+    payload, _ = delta_message(device, start, 1, nudged(start, 1 / 64))
+    device._handle(topics.delta_model, payload)
+    assert device._global.version == 1 and device._waiting is None
+    assert topics.global_model not in conn.subscribed
+    assert any(topic == topics.update("u1") for topic, _ in conn.published)  # the task ran on version 1
+
+
 # --- a federation through the real broker --------------------------------------------------------------
 
 
