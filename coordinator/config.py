@@ -12,12 +12,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from coordinator.codec_choice import AUTO, CodecTable, round_codecs
 from coordinator.downlink import downlink_codec
 from coordinator.errors import ConfigError
-from coordinator.options import build_options, want
+from coordinator.options import build_options, key_of, want
 from coordinator.rounds import DEFAULT_MAX_EXAMPLES
 from coordinator.strategies import HYPERPARAMETERS, Strategy, build_strategy
 from edge_runtime.codecs import CODEC_NAMES, DEFAULT_CODEC, codec_problem
@@ -25,9 +25,16 @@ from edge_runtime.errors import ProtocolError
 from edge_runtime.manifest import Manifest
 from edge_runtime.protocol import DEFAULT_FEDERATION, NO_DELTAS, check_name
 
+if TYPE_CHECKING:
+    from coordinator.strategies.dp_fedavg import DpOptions
+
 # The update-pipeline options, the same in every command that runs a coordinator (edgefl fleet too).
 PIPELINE_OPTIONS = ("codec", "codec_table", "downlink_codec", "max_examples", "weighting", "prox_mu", "strategy",
-                    "reset_strategy", *HYPERPARAMETERS)
+                    "reset_strategy", *HYPERPARAMETERS, "dp_noise_multiplier", "dp_clip", "dp_target_quantile",
+                    "dp_clip_lr", "dp_clipped_count_stddev", "target_epsilon", "target_delta", "dp_test_seed")
+# Central DP's options other than the noise multiplier: refused while it is 0 (no DP).
+DP_OPTIONS = ("dp_clip", "dp_target_quantile", "dp_clip_lr", "dp_clipped_count_stddev", "target_epsilon",
+              "target_delta", "dp_test_seed")
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
@@ -68,6 +75,15 @@ class CoordinatorConfig:
     trim: float | None = None
     attackers: int | None = None
     krum_select: int | None = None
+    # central differential privacy (coordinator.strategies.dp_fedavg, docs/PRIVACY.md); 0: off
+    dp_noise_multiplier: float = 0.0
+    dp_clip: float | str | None = None  # a fixed bound or "adaptive"; None: clip-norm
+    dp_target_quantile: float | None = None
+    dp_clip_lr: float | None = None
+    dp_clipped_count_stddev: float | None = None
+    target_epsilon: float | None = None
+    target_delta: float | None = None
+    dp_test_seed: int | None = None  # tests only: reproducible noise; never in a real deployment
     eval_every: int = 5
     test_data: Path | None = None
     seed: int = 0
@@ -98,6 +114,11 @@ class CoordinatorConfig:
         want(self.weighting in ("examples", "uniform"), "weighting", "examples or uniform", self.weighting)
         want(math.isfinite(self.prox_mu) and self.prox_mu >= 0, "prox-mu", "a finite number >= 0 (0: no proximal "
              "term)", self.prox_mu)
+        want(math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0, "dp-noise-multiplier",
+             "a finite number >= 0 (0: no differential privacy)", self.dp_noise_multiplier)
+        for name in DP_OPTIONS if self.dp_noise_multiplier == 0 else ():
+            want(getattr(self, name) is None, key_of(name), "no value without --dp-noise-multiplier > 0",
+                 getattr(self, name))
         self.build_strategy()  # refuses an unknown strategy, an option it does not take, or a bad value
         want(self.eval_every >= 0, "eval-every", "an integer >= 0 (0: never)", self.eval_every)
         want(self.max_payload is None or self.max_payload > 0, "max-payload", "bytes > 0", self.max_payload)
@@ -121,7 +142,26 @@ class CoordinatorConfig:
         return round_codecs(self.codec, self.link_codecs)
 
     def build_strategy(self) -> Strategy[Any]:
-        return build_strategy(self.strategy, {name: getattr(self, name) for name in HYPERPARAMETERS})
+        """The configured strategy; with DP on, wrapped in DP-FedAvg (which refuses a robust rule)."""
+        inner = build_strategy(self.strategy, {name: getattr(self, name) for name in HYPERPARAMETERS})
+        if self.dp_noise_multiplier == 0:
+            return inner
+        try:  # imported here: its accountant needs dp-accounting, which a run without DP does not
+            from coordinator.strategies.dp_fedavg import DpFedAvg
+        except ImportError as exc:
+            raise ConfigError("configuration", "dp-noise-multiplier", "0, or the dp-accounting package installed "
+                              f"(pip install dp-accounting): {exc}", self.dp_noise_multiplier) from exc
+        return cast(Strategy[Any], DpFedAvg(inner, self.dp_options()))  # its name is its inner strategy's
+
+    def dp_options(self) -> DpOptions:
+        """Central DP's options (a ``DpOptions``), defaults filled in; only with DP on."""
+        from coordinator.strategies.dp_fedavg import ADAPTIVE, CLIP_LR, TARGET_QUANTILE, DpOptions
+
+        clip = self.dp_clip if self.dp_clip is not None else self.clip_norm
+        want(clip == ADAPTIVE or not isinstance(clip, str), "dp-clip", f"an L2 bound > 0 or {ADAPTIVE}", clip)
+        return DpOptions(self.dp_noise_multiplier, None if clip == ADAPTIVE else float(clip),
+                         _or(self.dp_target_quantile, TARGET_QUANTILE), _or(self.dp_clip_lr, CLIP_LR),
+                         self.dp_clipped_count_stddev, self.target_epsilon, self.target_delta, self.dp_test_seed)
 
 
 def check_proximal(prox_mu: float, manifest: Manifest) -> None:
@@ -136,6 +176,10 @@ def check_proximal(prox_mu: float, manifest: Manifest) -> None:
 def build_config(file: Path | None, overrides: Mapping[str, Any]) -> CoordinatorConfig:
     """Values from ``file`` (TOML), then ``overrides`` (flags given on the command line, None = not given)."""
     return build_options(CoordinatorConfig, file, overrides, required=("artifact", "state_dir"))
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _downlink_problem(name: str) -> str | None:

@@ -48,8 +48,10 @@ from coordinator.rounds import (
 from coordinator.selection import goal_count, select, selection_size
 from coordinator.server_state import Arrays, ServerState
 from coordinator.strategies import Strategy
+from coordinator.strategies.base import Private, RoundContext
 from edge_runtime.codecs import DEFAULT_CODEC
 from edge_runtime.errors import ProtocolError
+from edge_runtime.local_dp import DEFAULT_LOCAL_DELTA, local_epsilon
 from edge_runtime.manifest import WeightSpec
 from edge_runtime.protocol import (
     CoordinatorState,
@@ -129,6 +131,14 @@ class RoundMachine:
         self._strategy, self._specs, self._bundle = strategy, specs, bundle
         self._limit, self._lr, self._evaluator, self._new_id = payload_limit, task_lr, evaluator, new_id
         self._personal = personal
+        self._private = strategy if isinstance(strategy, Private) else None  # central DP's wrapper, if on
+        # Under DP the selection must be unpredictable for the accountant's amplification by sampling (PRIVACY.md):
+        # a secret seed per run, unless a test fixes the noise (and with it the draw).
+        secret = self._private is not None and config.dp_test_seed is None
+        self._selection_seed = secrets.randbits(63) if secret else config.seed
+        if self._private is None and "privacy" in state.ledger:
+            log.warning("the checkpoint's run had differential privacy and this one has not: its epsilon no longer "
+                        "describes the models published from now on")
         self._downlink = downlink_codec(config.downlink_codec)  # None: every version travels in full only
         self._tally = Tally()  # counts for the next round line: that round, its evaluation, and the wait before it
         self._model_bytes = 0  # size of the global model's last payload
@@ -290,22 +300,47 @@ class RoundMachine:
         self._started = _Started(now.real, now.clock)
         self._next_start = now.clock + config.round_interval
         codecs = self.trainable()  # the eligible devices that encode their codec: the others cannot take part
-        eligible, goal, chosen = self._choose(list(codecs), config.min_clients, config.seed, number)
+        eligible, goal, chosen = self._choose(list(codecs), config.min_clients, self._selection_seed, number)
+        clip = self._private_clip(RoundContext(number, goal, eligible, len(chosen)), now)
+        if clip is None:
+            return
         plan = RoundPlan(number, self._new_id(), self.state.model_version, chosen, eligible, goal,
-                         config.min_reports, config.clip_norm, now.clock + config.round_timeout,
+                         config.min_reports, clip, now.clock + config.round_timeout,
                          DEFAULT_CODEC if config.codec == AUTO else config.codec, config.max_examples,
                          cast(Weighting, config.weighting), config.seed,
                          MappingProxyType({device: codecs[device] for device in sorted(chosen)}))
         self._round = OpenRound(plan, self.state, self._specs, self._strategy, self._tally)
         for device in sorted(plan.selected):
             task = TrainTask(plan.task_id, number, plan.model_version, self.state.artifact_id, plan.deadline,
-                             config.local_epochs, self._lr, config.clip_norm, task_seed(config.seed, number, device),
+                             config.local_epochs, self._lr, plan.clip_norm, task_seed(config.seed, number, device),
                              plan.codec_of(device), plan.max_examples, config.prox_mu)
             payload = encode(task)
             self._publish(self.topics.task(device), payload)
             self._tally.bytes_down += len(payload) + self._download_bytes(device, plan.model_version)
         self.phase, self._phase_until = "training", plan.deadline
         self._publish_state("training")
+
+    def _private_clip(self, context: RoundContext, now: Now) -> float | None:
+        """The bound devices clip to in the round ``context`` describes; None when central DP refuses the round
+        (its budget would be exceeded): the run then ends with a line saying why."""
+        private = self._private
+        if private is None:
+            return self.config.clip_norm
+        self.state = private.prepared(self.state, len(self.registry))  # delta, at the first private round
+        clip = private.clip_bound(self.state)
+        reason = private.refusal(self.state, context)
+        if reason is None:
+            return clip
+        log.warning("stopping before round %d: %s", context.number, reason)
+        plan = RoundPlan(context.number, "", self.state.model_version, frozenset(), context.eligible, context.goal,
+                         self.config.min_reports, clip, now.clock)
+        outcome = RoundOutcome(plan, "stopped", "privacy_budget", 0, 0, None, 0, None)
+        privacy = {**private.report(self.state, clip), "stopped": reason}
+        self._out.append(Line(round_line(outcome, self._tally, now.clock, 0.0, self.state.model_version, None, None,
+                                         privacy)))
+        self._tally = Tally()
+        self._finish()
+        return None
 
     def _end_training(self, outcome: RoundOutcome, now: Now) -> None:
         self._withdraw(outcome.plan.selected)
@@ -344,8 +379,10 @@ class RoundMachine:
     def _write_line(self, now: Now, federated: Metrics | None) -> None:
         started = self._started
         assert started.outcome is not None
+        private = self._private
+        privacy = private.report(self.state, started.outcome.plan.clip_norm) if private is not None else None
         self._out.append(Line(round_line(started.outcome, self._tally, started.clock, now.real - started.real,
-                                         self.state.model_version, started.test, federated)))
+                                         self.state.model_version, started.test, federated, privacy)))
         self._tally = Tally()
         self._enter_waiting()
 
@@ -382,7 +419,10 @@ class RoundMachine:
         status: DeviceStatus = decode(payload, DeviceStatus)
         if status.device_id != device:
             raise ProtocolError(IDENTITY_MISMATCH, f"status names device {status.device_id!r}")
+        before = self.registry.get(device)
         self.registry[device] = status
+        if status.local_noise > 0 and (before is None or before.local_rounds != status.local_rounds):
+            _log_local_dp(device, status)
 
     def _on_update(self, device: str, payload: bytes) -> None:
         header, tensors = decode_tensors(payload, UpdateHeader, self._limit)
@@ -472,3 +512,13 @@ class RoundMachine:
         out, self._out = self._out, []
         return out
 
+
+def _log_local_dp(device: str, status: DeviceStatus) -> None:
+    """A device using local DP: its epsilon, as it reported it or, if it could not compute it, computed here at the
+    device's default delta from its noise multiplier and count (edge_runtime.local_dp)."""
+    eps, source = status.local_epsilon, "reported"
+    if eps is None:
+        eps, source = local_epsilon([(status.local_noise, status.local_rounds)], DEFAULT_LOCAL_DELTA), "computed here"
+    log.info("device %s: local DP, noise multiplier %g, %d updates, epsilon %s (%s%s)", device, status.local_noise,
+             status.local_rounds, "unknown" if eps is None else f"{eps:.4f}", source,
+             "" if source == "reported" else f", at delta {DEFAULT_LOCAL_DELTA:g}")

@@ -7,6 +7,7 @@ the same names as flags and as TOML keys.
 from __future__ import annotations
 
 import argparse
+import math
 
 from coordinator.codec_choice import AUTO
 from coordinator.downlink import downlink_codec
@@ -34,6 +35,19 @@ def codec_or_auto(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{exc}, or auto") from None
 
 
+def clip_or_adaptive(text: str) -> float | str:
+    """``adaptive``, or an L2 bound > 0; else argparse shows why not."""
+    if text == "adaptive":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected an L2 bound > 0 or adaptive, found {text!r}") from None
+    return value
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "update pipeline", "how updates travel, how much one may weigh, and how they are aggregated; each strategy "
@@ -51,7 +65,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a device trains on at most this many examples per epoch and reports at most this "
                             f"many; a larger claim is refused ({DEFAULT_MAX_EXAMPLES})")
     group.add_argument("--weighting", choices=["examples", "uniform"],
-                       help="weight of an update in a mean: its example count, or 1 (examples)")
+                       help="weight of an update in a mean: its example count, or 1 (examples; the robust rules and "
+                            "--dp-noise-multiplier always weigh 1)")
     group.add_argument("--prox-mu", type=float,
                        help="FedProx: devices add this times (w - global) to each travelling weight's gradient, "
                             "with any strategy; needs an artifact exported with the proximal term (0: none)")
@@ -71,3 +86,29 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--attackers", type=int, help="krum, multi-krum: attackers assumed per round, f (1)")
     group.add_argument("--krum-select", type=positive_int, help="multi-krum: updates averaged, m (default: "
                                                                 "n - f)")
+    add_privacy_arguments(parser)
+
+
+def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "differential privacy", "central DP-FedAvg around any streaming strategy: Gaussian noise on the sum of "
+                                "clipped updates, uniform weights, the goal as fixed denominator, and an accountant "
+                                "(docs/PRIVACY.md)")
+    group.add_argument("--dp-noise-multiplier", type=float, metavar="Z",
+                       help="noise standard deviation on the sum, in units of the clip bound (0: no DP)")
+    group.add_argument("--dp-clip", type=clip_or_adaptive, metavar="C",
+                       help="with DP: the L2 bound devices clip to, or adaptive (from 0.1 towards "
+                            "--dp-target-quantile of the update norms); replaces --clip-norm (default: --clip-norm)")
+    group.add_argument("--dp-target-quantile", type=float, help="adaptive clipping: the fraction of updates left "
+                                                               "unclipped it aims at (0.5)")
+    group.add_argument("--dp-clip-lr", type=positive_float, help="adaptive clipping: geometric learning rate of the "
+                                                                 "bound (0.2)")
+    group.add_argument("--dp-clipped-count-stddev", type=positive_float,
+                       help="adaptive clipping: noise on the count of unclipped updates (0.05 x the goal, at "
+                            "least the noise multiplier)")
+    group.add_argument("--target-epsilon", type=positive_float,
+                       help="stop before the round that would take epsilon over this (default: no budget)")
+    group.add_argument("--target-delta", type=float,
+                       help="delta of the epsilon reported and budgeted (1 / devices^1.1, devices known at the "
+                            "first round)")
+    group.add_argument("--dp-test-seed", type=int, help=argparse.SUPPRESS)  # tests only: reproducible noise

@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def round_line(outcome: RoundOutcome, tally: Tally, started_at: float, duration_s: float, model_version: int,
-               test: Metrics | None, federated: Metrics | None) -> dict[str, Any]:
-    """``started_at`` is on the coordinator's clock (seconds since the epoch; simulated in an emulated fleet)."""
+               test: Metrics | None, federated: Metrics | None,
+               privacy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``started_at`` is on the coordinator's clock (seconds since the epoch; simulated in an emulated fleet);
+    ``privacy``: central DP's epsilon so far, delta, noise multiplier and bound (None: DP is off)."""
     plan = outcome.plan
     return strict_line({
         "round": plan.number,
@@ -52,6 +54,7 @@ def round_line(outcome: RoundOutcome, tally: Tally, started_at: float, duration_
         "test": asdict(test) if test else None,
         "federated_eval": asdict(federated) if federated else None,
         "strategy": dict(outcome.diagnostics),
+        "privacy": dict(privacy) if privacy is not None else None,
     })
 
 
@@ -127,6 +130,12 @@ def human_line(line: Mapping[str, Any], rounds: int | None = None) -> str:
     if line.get("bytes_up"):
         parts.append(f"up {_size(line['bytes_up'])} ({_codec_mix(line['codec_mix'])}, {line['compression']:.1f}x)")
     parts.append(f"{line['duration_s']:.1f} s")
+    privacy = line.get("privacy")
+    if privacy:
+        epsilon = privacy["epsilon"]
+        parts.append(f"eps {epsilon:.3g}" if epsilon is not None else "eps inf")
+        if privacy.get("stopped"):
+            parts.append(f"stopped: {privacy['stopped']}")
     return "  ".join(parts)
 
 

@@ -24,8 +24,10 @@ import numpy as np
 
 from coordinator.server_state import ServerState
 from coordinator.strategies import Diagnostics, Strategy
+from coordinator.strategies.base import NormObserver, RoundContext
 from edge_runtime.codecs import get_codec
 from edge_runtime.errors import WeightsError
+from edge_runtime.local_dp import noised_bound
 from edge_runtime.manifest import WeightSpec
 from edge_runtime.protocol import TaskFailed, UpdateHeader
 from edge_runtime.updates import l2_norm
@@ -94,8 +96,8 @@ class Tally:
 @dataclass(frozen=True)
 class RoundOutcome:
     plan: RoundPlan
-    status: Literal["committed", "abandoned"]
-    closed_by: Literal["goal", "all_answered", "deadline", "stopped"]
+    status: Literal["committed", "abandoned", "stopped"]  # stopped: never began (central DP's budget was spent)
+    closed_by: Literal["goal", "all_answered", "deadline", "stopped", "privacy_budget"]
     reported: int
     examples: int
     train_loss: float | None
@@ -113,7 +115,10 @@ class OpenRound:
         self._specs = specs
         self._parameters = sum(math.prod(spec.shape) for spec in specs)
         self._strategy = strategy
-        self._accumulated = strategy.begin(server.weights, max(1, len(plan.selected)))
+        context = RoundContext(plan.number, plan.goal, plan.eligible, len(plan.selected))
+        self._accumulated = strategy.begin(server.weights, max(1, len(plan.selected)), context)
+        # adaptive clipping's accumulator also wants each accepted update's norm before clipping
+        self._norms = self._accumulated if isinstance(self._accumulated, NormObserver) else None
         self._reported = 0
         self._answered: set[str] = set()
         self._loss_sum = 0.0
@@ -148,21 +153,26 @@ class OpenRound:
             reason = WRONG_CODEC
         checked: Weights = {}
         if reason is None:
-            reason, checked = self._check_tensors(tensors, codec, task_seed(self.plan.seed, self.plan.number, sender))
+            reason, checked = self._check_tensors(tensors, codec, task_seed(self.plan.seed, self.plan.number, sender),
+                                                  header.local_noise)
         if reason is not None:
             self.tally.rejected[reason] += 1
             return reason
         self._count(codec, tensors, payload_bytes)
         weight = float(header.examples) if self.plan.weighting == "examples" else 1.0
         self._accumulated.add(checked, weight)
+        if self._norms is not None:
+            self._norms.observe_norm(header.norm)
         self._reported += 1
         self._answered.add(sender)
         self._loss_sum += header.train_loss * header.examples
         self._examples += header.examples
         return None
 
-    def _check_tensors(self, tensors: Mapping[str, np.ndarray], name: str, seed: int) -> tuple[str | None, Weights]:
-        """Decode with the task's codec, then check: finite, the artifact's names and shapes, within the bound."""
+    def _check_tensors(self, tensors: Mapping[str, np.ndarray], name: str, seed: int,
+                       local_noise: float = 0.0) -> tuple[str | None, Weights]:
+        """Decode with the task's codec, then check: finite, the artifact's names and shapes, within the bound (the
+        noised one, ``edge_runtime.local_dp.noised_bound``, for an update declaring local noise)."""
         if has_non_finite(tensors):  # before decoding, which would refuse NaN too but under another reason
             return NON_FINITE, {}
         codec = get_codec(name)  # cached: one codec object per name
@@ -170,7 +180,8 @@ class OpenRound:
             checked = codec.decode(tensors, self._specs, seed)
         except WeightsError:
             return BAD_TENSORS, {}
-        if not l2_norm(checked) <= codec.max_norm(self.plan.clip_norm, self._parameters):  # NaN fails too
+        bound = noised_bound(self.plan.clip_norm, local_noise, self._parameters)
+        if not l2_norm(checked) <= codec.max_norm(bound, self._parameters):  # NaN fails too
             return NORM_EXCEEDED, {}
         return None, checked
 

@@ -36,12 +36,13 @@ def check_interval_s(rate: float) -> float:
 
 def emulated_agent(entry: DeviceEntry, profile: DeviceProfile, data: Dataset, *, mqtt: MqttOptions, topics: Topics,
                    cache_dir: Path, clock: SimClock, speedup: Speedup, deadline_clock: Callable[[], float],
-                   policy: Policy, seed: int, backend: str | None, hostile: Hostile | None = None) -> DeviceAgent:
+                   policy: Policy, seed: int, backend: str | None, hostile: Hostile | None = None,
+                   local_noise: float = 0.0) -> DeviceAgent:
     signals = ProfileSignals(profile, entry.index, seed, clock.now, entry.utc_offset)
     scheduler = Scheduler(replace(policy, check_interval_s=check_interval_s(clock.rate)), SignalReader([signals]),
                           clock=clock.now, utc_offset_h=entry.utc_offset)
     config = AgentConfig(device_id=entry.id, data=data, mqtt=mqtt, cache_dir=cache_dir, topics=topics,
-                         backend=backend, num_threads=1, clock=deadline_clock)
+                         backend=backend, num_threads=1, clock=deadline_clock, local_noise=local_noise)
     pace = ProfilePace(profile, speedup, seed, entry.index, signals)
     if hostile is None:
         return DeviceAgent(config, scheduler, pace)

@@ -229,7 +229,8 @@ def _start_workers(config: FleetConfig, folder: RunFolder, url: str, version: Pr
                           federation=config.federation, mqtt_version=version, clock=clock,
                           speedup=str(config.speedup_value), seed=config.seed,
                           profile_file=str(config.profile_file) if config.profile_file else None,
-                          policy=str(config.policy) if config.policy else None, backend=config.backend)
+                          policy=str(config.policy) if config.policy else None, backend=config.backend,
+                          local_noise=config.local_noise_multiplier or 0.0)
         write_json(folder.worker_spec(worker), asdict(spec))
         proc = launch(["-m", "device_profiles.worker", str(folder.worker_spec(worker))], folder.log(f"worker-{worker}"))
         workers.append(proc)

@@ -60,6 +60,9 @@ def register(subparsers: Any) -> None:
     fleet.add_argument("--attack", metavar="KIND:FRACTION",
                        help=f"make that fraction of the devices hostile, KIND one of {', '.join(ATTACK_KINDS)} "
                             "(none)")
+    fleet.add_argument("--local-noise-multiplier", type=positive_float, metavar="Z",
+                       help="local DP: every device adds Gaussian noise of Z x the clip bound to its update "
+                            "(docs/PRIVACY.md; none)")
     model = p.add_argument_group("model")
     model.add_argument("--artifact", type=Path, help="an artifact folder written by `edgefl export`, checked "
                                                      "against the data, instead of one exported from the options "

@@ -54,6 +54,7 @@ class FleetConfig:
     test_data: Path | None = None  # a held-out set of its own: nothing is held out of the devices' data
     label_column: str = DEFAULT_LABEL_COLUMN
     attack: str | None = None  # KIND:FRACTION of hostile devices (device_profiles.attacks); None: none
+    local_noise_multiplier: float | None = None  # local DP on every device (edge_runtime.local_dp); None: none
     # the model: an exported artifact, or one exported from the options below (None: their defaults)
     artifact: Path | None = None
     model: str | None = None  # None: cnn for images (height, width, channels), mlp for anything else
@@ -91,6 +92,14 @@ class FleetConfig:
     trim: float | None = None
     attackers: int | None = None
     krum_select: int | None = None
+    dp_noise_multiplier: float | None = None  # central DP (docs/PRIVACY.md); None or 0: off
+    dp_clip: float | str | None = None
+    dp_target_quantile: float | None = None
+    dp_clip_lr: float | None = None
+    dp_clipped_count_stddev: float | None = None
+    target_epsilon: float | None = None
+    target_delta: float | None = None
+    dp_test_seed: int | None = None  # tests only
     # running it
     broker: str = EMBEDDED
     federation: str = "fleet"
@@ -117,6 +126,9 @@ class FleetConfig:
              "embedded, or mqtt://HOST[:PORT] / mqtts://HOST[:PORT]", self.broker)
         self.partition_spec  # noqa: B018 -- parse now so a bad spec is refused before anything starts
         self.attack_spec  # noqa: B018 -- likewise
+        z = self.local_noise_multiplier
+        want(z is None or (isinstance(z, (int, float)) and not isinstance(z, bool) and 0 < z < float("inf")),
+             "local-noise-multiplier", "a finite number > 0", z)
         count = self.shard_index[1]
         want(count == 1 or self.broker != EMBEDDED, "shard",
              "a shared broker (--broker mqtt://...) when the fleet is split over several machines", self.shard)

@@ -1,9 +1,10 @@
 """The PNG report of a fleet-emulation run (``edgefl fleet``, ``edgefl report``), drawn from its round lines.
 
-Panels: accuracy by round (with the run's baseline if it has one) and loss by round, both with abandoned
-rounds shaded; what became of each selected device, by round; bytes through the coordinator by round; and
-eligible devices by simulated hour of the day, against the size of the fleet. matplotlib is imported only
-when a report is written, and the figure is drawn on its own Agg canvas, so no global pyplot state is touched.
+Panels: accuracy by round (with the run's baseline if it has one, and central DP's epsilon on a right-hand axis when
+the run had DP) and loss by round, both with abandoned rounds shaded; what became of each selected device, by round;
+bytes through the coordinator by round; and eligible devices by simulated hour of the day, against the size of the
+fleet. matplotlib is imported only when a report is written, and the figure is drawn on its own Agg canvas, so no
+global pyplot state is touched.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class _Round:
     test: Mapping[str, float | None] | None  # accuracy, loss
     evaluated: Mapping[str, float | None] | None
     sim_hour: float
+    epsilon: float | None = None  # central DP's epsilon after the round (None: DP off, or infinite)
 
     @property
     def refused(self) -> int:
@@ -134,6 +136,7 @@ def _parse(line: Mapping[str, Any], index: int) -> _Round:
         test=_metrics(line, index, "test"),
         evaluated=_metrics(line, index, "federated_eval"),
         sim_hour=float(_field(line, index, "sim_hour")),
+        epsilon=_optional((line.get("privacy") or {}).get("epsilon")),
     )
 
 
@@ -199,6 +202,19 @@ def _accuracy_panel(ax: Axes, rounds: Sequence[_Round], baseline: Baseline | Non
     ax.set_title("Accuracy by round")
     _round_axis(ax, rounds)
     _legend(ax, loc="lower right")  # accuracy rises from the left, and a baseline lies along the top
+    _epsilon_axis(ax, rounds)
+
+
+def _epsilon_axis(ax: Axes, rounds: Sequence[_Round]) -> None:
+    """Central DP's epsilon by round, on its own axis to the right of the accuracy (nothing without DP)."""
+    spent = _series(rounds, lambda r: r.epsilon)
+    if not spent:
+        return
+    twin = ax.twinx()
+    _line(twin, spent, color="tab:green", linestyle="--", marker=".", label="epsilon (DP, right axis)")
+    twin.set_ylim(0.0, max(v for _, v in spent) * 1.15 or 1.0)
+    twin.set_ylabel("epsilon", color="tab:green")
+    twin.legend(loc="upper left", fontsize="small")
 
 
 def _loss_panel(ax: Axes, rounds: Sequence[_Round]) -> None:

@@ -109,6 +109,7 @@ class FleetSummary:
     profiles: dict[str, int]
     attack: AttackSummary | None
     config: dict[str, Any]
+    privacy: dict[str, Any] | None = None  # central DP: the last round line's (epsilon, delta, ...); None: off
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,8 +123,9 @@ def summarize(config: FleetConfig, folder: RunFolder, lines: Sequence[dict[str, 
     total = Counter[str]()
     for line in lines:
         total.update({key: int(line[key]) for key in _COUNTED})
+    held = sum(1 for line in lines if line["status"] != "stopped")  # a line "stopped" by DP's budget: not held
     return FleetSummary(
-        rounds=len(lines), rounds_requested=config.rounds, completed=len(lines) == config.rounds,
+        rounds=held, rounds_requested=config.rounds, completed=held == config.rounds,
         committed=sum(1 for line in lines if line["status"] == "committed"),
         abandoned=sum(1 for line in lines if line["status"] == "abandoned"),
         final_accuracy=accuracies[-1][1] if accuracies else None,
@@ -146,6 +148,7 @@ def summarize(config: FleetConfig, folder: RunFolder, lines: Sequence[dict[str, 
         profiles=dict(sorted(Counter(e.profile for e in entries).items())),
         attack=_attack(config, entries, stats),
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        privacy=next((dict(line["privacy"]) for line in reversed(lines) if line.get("privacy")), None),
     )
 
 

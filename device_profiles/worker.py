@@ -60,6 +60,7 @@ class WorkerSpec:
     profile_file: str | None
     policy: str | None
     backend: str | None
+    local_noise: float = 0.0  # every device's local DP noise multiplier (0: none)
 
     @classmethod
     def read(cls, path: Path) -> WorkerSpec:
@@ -91,7 +92,7 @@ def build_agents(spec: WorkerSpec) -> list[DeviceAgent]:
         agents.append(emulated_agent(entry, profiles[entry.profile], Dataset(x[rows], y[rows]), mqtt=mqtt,
                                      topics=topics, cache_dir=folder.cache(spec.worker), clock=clock,
                                      speedup=speedup, deadline_clock=deadline_clock, policy=policy, seed=spec.seed,
-                                     backend=spec.backend,
+                                     backend=spec.backend, local_noise=spec.local_noise,
                                      hostile=hostile(entry.attack, spec.seed, index) if entry.attack else None))
     return agents
 

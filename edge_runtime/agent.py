@@ -33,6 +33,7 @@ from edge_runtime.backend import select_backend
 from edge_runtime.cache import ArtifactCache, PersonalStore, ResidualStore
 from edge_runtime.data import DEFAULT_LABEL_COLUMN, Dataset, check_arrays, load_data
 from edge_runtime.errors import EdgeRuntimeError, ProtocolError
+from edge_runtime.local_dp import DEFAULT_LOCAL_DELTA, LocalDpLedger, LocalGaussian, local_epsilon
 from edge_runtime.model_sync import NO_BASE, DeltaRefused, GlobalModel, Target, read_delta, read_global, wants_full
 from edge_runtime.mqtt import MqttConnection, MqttOptions
 from edge_runtime.pace import Pace, RealPace
@@ -73,6 +74,9 @@ class AgentConfig:
     num_threads: int | None = None
     max_artifact_bytes: int = 256 * 1024 * 1024
     clock: Callable[[], float] = time.time
+    local_noise: float = 0.0  # local DP's noise multiplier z (edge_runtime.local_dp); 0: no local noise
+    local_delta: float = DEFAULT_LOCAL_DELTA  # the delta its local epsilon is reported at
+    local_noise_test_seed: int | None = None  # tests only: reproducible local noise
 
 
 class _Stopped(Exception):
@@ -103,7 +107,13 @@ class DeviceAgent:
         self.config = config
         self.policy: EligibilityPolicy = policy or AlwaysEligible()
         self.pace: Pace = pace or RealPace()
+        if config.local_noise:  # last: the noise goes on what the other stages leave
+            stages = (*stages, LocalGaussian(config.local_noise, config.local_noise_test_seed))
         self._updates = UpdatePipeline.of(stages)
+        self._local_dp = LocalDpLedger(config.cache_dir, config.device_id)
+        # updates sent with local noise for the current artifact and their epsilon (None: no local DP, or no
+        # dp-accounting to compute it)
+        self._local_spent: tuple[int, float | None] = (0, 0.0 if config.local_noise else None)
         self._transform = transform
         self.backend = select_backend(config.backend)
         self.stats = AgentStats()
@@ -221,6 +231,8 @@ class DeviceAgent:
             return
         personal = self._personal.restore(header.artifact_id, artifact)
         residual = self._residuals.restore(header.artifact_id, artifact.manifest)
+        if self.config.local_noise:
+            self._account_local(self._local_dp.load(header.artifact_id))
         self._model, self._unusable = _Model(artifact, header.artifact_id, data, personal, residual), ""
         log.info("%s: model %s (%s) received, %d local examples fit it", self.config.device_id,
                  header.artifact_id[:12], artifact.manifest.model_name, len(data))
@@ -427,10 +439,21 @@ class DeviceAgent:
         if update.residual is not None:  # likewise: an update never sent leaves the residual as it was
             model.residual = update.residual
             self._residuals.save(model.artifact_id, model.residual)
+        if self.config.local_noise:  # counted before it is sent: a lost upload still counts (conservative)
+            self._account_local(self._local_dp.add(model.artifact_id, self.config.local_noise))
         log.info("%s: round %d: trained in %.2f s, loss %.4f, update norm %.3f (bound %.3f), sending %d bytes",
                  self.config.device_id, task.round, result.wall_time_s, result.mean_loss, update.header.norm,
                  task.clip_norm, len(update.payload))
         return self.topics.update(self.config.device_id), update.payload
+
+    def _account_local(self, sent: list[tuple[float, int]]) -> None:
+        rounds = sum(count for _, count in sent)
+        eps = local_epsilon(sent, self.config.local_delta)
+        self._local_spent = (rounds, eps)
+        log.info("%s: local DP: %d updates sent with noise multiplier %g, epsilon %s at delta %g",
+                 self.config.device_id, rounds, self.config.local_noise,
+                 "not computed (dp-accounting is not installed)" if eps is None else f"{eps:.4f}",
+                 self.config.local_delta)
 
     def _evaluate(self, task: EvaluateTask, trainer: Trainer, model: _Model, base: Weights) -> tuple[str, bytes]:
         """The global model's sums (with the artifact's initial personal weights, if it has any), and the
@@ -488,6 +511,7 @@ class DeviceAgent:
             model_version=self._global[0] if self._global else -1,
             backend=self.backend.name if model else "", sent_at=time.time(), codecs=DEVICE_CODECS,
             link=link_class(signals) if isinstance(signals, Signals) else "",
+            local_noise=self.config.local_noise, local_rounds=self._local_spent[0], local_epsilon=self._local_spent[1],
         )
 
 

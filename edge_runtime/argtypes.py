@@ -26,6 +26,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """A number strictly between 0 and 1 (a delta)."""
+    value = positive_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """Comma-separated positive integers, e.g. ``28,28,1``."""
     try:

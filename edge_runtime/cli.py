@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "coordinator.cli",
     "coordinator.broker_cli",
     "coordinator.broker_config_cli",
+    "coordinator.dp_plan_cli",
     "device_profiles.fleet_cli",
     "device_profiles.report_cli",
 )

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.agent import AgentConfig, DeviceAgent
-from edge_runtime.argtypes import positive_float, positive_int
+from edge_runtime.argtypes import positive_float, positive_int, probability
 from edge_runtime.broker_args import add_broker_arguments, mqtt_options, stop_on_signals
 from edge_runtime.cache import default_cache_dir
 from edge_runtime.cli import show_progress
 from edge_runtime.data import DEFAULT_LABEL_COLUMN
 from edge_runtime.errors import DataError, PolicyError
+from edge_runtime.local_dp import DEFAULT_LOCAL_DELTA
 from edge_runtime.mqtt import Backoff, ConnectCancelled
 from edge_runtime.policy import AlwaysEligible, EligibilityPolicy, Scheduler
 from edge_runtime.policy_file import Policy, load_policy
@@ -47,6 +48,12 @@ def register(subparsers: Any) -> None:
                         "(%(default)s)")
     p.add_argument("--backend", choices=["ai_edge_litert", "tflite_runtime", "tensorflow"],
                    help="force a TFLite backend (default: first installed, or $EDGEFL_TFLITE_BACKEND)")
+    privacy = p.add_argument_group("local differential privacy (docs/PRIVACY.md, \"Local DP\")")
+    privacy.add_argument("--local-noise-multiplier", type=positive_float, metavar="Z",
+                         help="add Gaussian noise of Z x the task's clip bound to every value of the update before it "
+                              "leaves the device (default: none)")
+    privacy.add_argument("--local-delta", type=probability, default=DEFAULT_LOCAL_DELTA,
+                         help="the delta this device's local epsilon is reported at (%(default)g)")
     _add_policy_arguments(p)
     add_broker_arguments(p)
     p.add_argument("--connect-timeout", type=positive_float, metavar="SECONDS",
@@ -105,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         backend=args.backend,
         num_threads=args.threads,
+        local_noise=args.local_noise_multiplier or 0.0,
+        local_delta=args.local_delta,
     )
     if not args.data.is_file():
         raise DataError(args.data, "no such file; expected a .npz (x, y) or .csv training file")

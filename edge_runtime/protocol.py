@@ -155,6 +155,11 @@ class DeviceStatus:
     sent_at: float = 0.0
     codecs: tuple[str, ...] = ()  # the codecs it encodes (see ``encodes``); (): float32 only, as before statuses said
     link: str = ""  # its link's class, one of LINK_CLASSES; "" (or a class this release does not know): unknown
+    # Local DP (edge_runtime.local_dp): its noise multiplier (0: none), the updates it sent with local noise for
+    # this artifact, and their epsilon at its delta (None: not computed, the device lacks dp-accounting).
+    local_noise: float = 0.0
+    local_rounds: int = 0
+    local_epsilon: float | None = None
     kind: Literal["status"] = "status"
 
 
@@ -281,8 +286,17 @@ def kind_of(cls: type[Any]) -> str:
     return kind
 
 
+# Fields added after their message's first release, left out while they hold these defaults: a message that does
+# not use them has the bytes it had before, and a receiver of the earlier release ignores them when they are sent.
+_LATER_FIELDS: dict[str, Any] = {"local_noise": 0.0, "local_rounds": 0, "local_epsilon": None}
+
+
+def _wire_fields(message: Any) -> dict[str, Any]:
+    return {k: v for k, v in asdict(message).items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
+
 def encode(message: ControlMessage) -> bytes:
-    body = {"protocol": PROTOCOL_VERSION, **asdict(message)}
+    body = {"protocol": PROTOCOL_VERSION, **_wire_fields(message)}
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -393,7 +407,13 @@ class UpdateHeader:
     train_loss: float
     norm: float  # L2 norm before clipping
     codec: str = DEFAULT_CODEC  # the codec its tensors are encoded with; must be the task's
+    local_noise: float = 0.0  # z of the device's local Gaussian noise (edge_runtime.local_dp); 0: none
     kind: Literal["update"] = "update"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.local_noise) and self.local_noise >= 0):
+            raise ProtocolError(MALFORMED, f"field 'local_noise' is {self.local_noise!r}; expected a finite "
+                                           "number >= 0")
 
 
 @dataclass(frozen=True)
@@ -462,7 +482,7 @@ H = TypeVar("H", UpdateHeader, GlobalHeader, DeltaHeader, ArtifactHeader)
 
 def encode_tensors(header: Header, tensors: Mapping[str, np.ndarray]) -> bytes:
     metadata = {"protocol": str(PROTOCOL_VERSION)}
-    metadata.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in asdict(header).items()})
+    metadata.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in _wire_fields(header).items()})
     return weights_to_bytes(tensors, metadata)
 
 

@@ -10,7 +10,9 @@ that codec and the examples the update may weigh (capped by the task).
 Later stages (local noise, masking) plug in as stages. A
 stage runs after clipping and must keep the update within the clipping bound,
 after the codec's rounding too: the coordinator refuses an update whose norm
-is above the bound plus the codec's slack (``Codec.max_norm``). A physical
+is above the bound plus the codec's slack (``Codec.max_norm``). The one
+exception is local DP's noise (``edge_runtime.local_dp``): the header then
+declares its multiplier and both sides use the noised bound instead. A physical
 device passes no stage and no ``DataTransform``; an emulator injects them to
 play a device that behaves differently (``device_profiles.attacks``).
 """
@@ -26,6 +28,7 @@ import numpy as np
 from edge_runtime.codecs import get_codec
 from edge_runtime.data import Dataset
 from edge_runtime.feedback import encode_with_feedback
+from edge_runtime.local_dp import noised_bound
 from edge_runtime.manifest import Manifest, WeightSpec
 from edge_runtime.protocol import TrainTask, UpdateHeader, encode_tensors
 from edge_runtime.updates import clip, difference
@@ -67,6 +70,11 @@ class UpdatePipeline:
     def of(cls, stages: Sequence[UpdateStage]) -> UpdatePipeline:
         return cls(tuple(stages))
 
+    @property
+    def local_noise(self) -> float:
+        """The noise multiplier of the local DP stage (``edge_runtime.local_dp.LocalGaussian``), 0 without one."""
+        return float(sum(getattr(stage, "local_noise", 0.0) for stage in self.stages))
+
     def encode(self, device_id: str, task: TrainTask, local: Mapping[str, np.ndarray], base: Weights,
                examples: int, train_loss: float, residual: Weights | None = None) -> EncodedUpdate:
         """The payload for ``task``: ``local`` (the trainer's weights after training) against ``base`` (the
@@ -75,8 +83,14 @@ class UpdatePipeline:
         update, norm = clip(difference(local, base), task.clip_norm)
         for stage in self.stages:
             update = stage(update, task)
-        header = UpdateHeader(device_id, task.task_id, task.round, task.model_version,
-                              reported_examples(examples, task), train_loss, norm, task.codec)
         specs = tuple(WeightSpec(name, value.shape) for name, value in base.items())
-        fed = encode_with_feedback(get_codec(task.codec), update, residual, specs, task.seed, task.clip_norm)
+        z = self.local_noise
+        if z:  # local DP: nothing data-dependent travels in the clear, and the bound is the noised one
+            header = UpdateHeader(device_id, task.task_id, task.round, task.model_version, 1, 0.0, 0.0, task.codec,
+                                  local_noise=z)
+        else:
+            header = UpdateHeader(device_id, task.task_id, task.round, task.model_version,
+                                  reported_examples(examples, task), train_loss, norm, task.codec)
+        bound = noised_bound(task.clip_norm, z, sum(spec.size for spec in specs))
+        fed = encode_with_feedback(get_codec(task.codec), update, residual, specs, task.seed, bound)
         return EncodedUpdate(header, encode_tensors(header, fed.encoded.tensors), fed.residual)

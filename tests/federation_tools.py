@@ -272,9 +272,11 @@ class RecordingConnection:
         self.published.append((topic, payload))
 
 
-def offline_agent(files: FederationFiles, cache: Path, topics: Topics, device_id: str = "u1") -> Any:
+def offline_agent(files: FederationFiles, cache: Path, topics: Topics, device_id: str = "u1",
+                  **config: Any) -> Any:
     """A ``DeviceAgent`` on device 0's data whose connection only records, with the federation's artifact loaded:
-    a test feeds it messages through ``_handle`` and reads what it published."""
+    a test feeds it messages through ``_handle`` and reads what it published. ``config``: other ``AgentConfig``
+    fields."""
     import numpy as np
 
     from edge_runtime.agent import AgentConfig, DeviceAgent
@@ -285,9 +287,9 @@ def offline_agent(files: FederationFiles, cache: Path, topics: Topics, device_id
     from edge_runtime.protocol import bundle_files
 
     data = np.load(files.devices[0])
-    config = AgentConfig(device_id, Dataset(data["x"], data["y"]), mqtt_options("mqtt://127.0.0.1:1", device_id),
-                         cache, topics, num_threads=1)
-    agent = DeviceAgent(config)
+    mqtt = mqtt_options("mqtt://127.0.0.1:1", device_id)
+    agent_config = AgentConfig(device_id, Dataset(data["x"], data["y"]), mqtt, cache, topics, num_threads=1, **config)
+    agent = DeviceAgent(agent_config)
     subscribed = {topic for topic, _ in topics.device_subscriptions(device_id)}
     agent._conn = RecordingConnection(subscribed, set(subscribed))
     artifact = Artifact.load(files.artifact)

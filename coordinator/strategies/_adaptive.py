@@ -27,7 +27,15 @@ import numpy as np
 
 from coordinator.server_state import Arrays, ServerState
 from coordinator.strategies.arith import WeightedSum, adaptive_direction, decayed, squares, step
-from coordinator.strategies.base import Diagnostics, check_fraction, check_positive, named, slot, zeros_like
+from coordinator.strategies.base import (
+    Diagnostics,
+    RoundContext,
+    check_fraction,
+    check_positive,
+    named,
+    slot,
+    zeros_like,
+)
 from edge_runtime.updates import l2_norm
 from edge_runtime.weights import Weights
 
@@ -56,7 +64,7 @@ class AdaptiveOptimizer(ABC):
         v = {name: np.full(np.shape(value), self.tau**2, np.float32) for name, value in weights.items()}
         return {**zeros_like(weights, "m"), **named("v", v)}
 
-    def begin(self, weights: Arrays, capacity: int) -> WeightedSum:
+    def begin(self, weights: Arrays, capacity: int, context: RoundContext | None = None) -> WeightedSum:
         return WeightedSum(weights)
 
     def apply(self, state: ServerState, accumulated: WeightedSum) -> tuple[ServerState, Diagnostics]:

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from coordinator.server_state import EMPTY, Arrays, ServerState
 from coordinator.strategies.arith import UpdateBuffer, step
-from coordinator.strategies.base import Diagnostics, check_positive
+from coordinator.strategies.base import Diagnostics, RoundContext, check_positive
 from edge_runtime.updates import l2_norm
 from edge_runtime.weights import Weights
 
@@ -41,7 +41,7 @@ class RobustRule(ABC):
     def init(self, weights: Arrays) -> Arrays:
         return EMPTY
 
-    def begin(self, weights: Arrays, capacity: int) -> UpdateBuffer:
+    def begin(self, weights: Arrays, capacity: int, context: RoundContext | None = None) -> UpdateBuffer:
         return UpdateBuffer(weights, capacity)
 
     def apply(self, state: ServerState, accumulated: UpdateBuffer) -> tuple[ServerState, Diagnostics]:

@@ -40,6 +40,10 @@ class WeightedSum:
             raise ValueError("no tensors were added")
         return {name: (total / self.total_weight).astype(np.float32) for name, total in self._sums.items()}
 
+    def total(self) -> dict[str, np.ndarray]:
+        """The weighted sum itself, in float64 (copies: changing them changes nothing here)."""
+        return {name: total.copy() for name, total in self._sums.items()}
+
 
 class UpdateBuffer:
     """The round's accepted updates and their weights, at most ``capacity`` of them (the round's selection)."""

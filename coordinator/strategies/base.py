@@ -15,7 +15,8 @@ as their command-line options (``server_lr`` is ``--server-lr``); its
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -26,6 +27,18 @@ Diagnostics = dict[str, float]
 A = TypeVar("A")
 
 
+@dataclass(frozen=True)
+class RoundContext:
+    """What a round tells its strategy's ``begin``: a wrapper may need it (differential privacy divides by the
+    goal, a fixed denominator, and accounts the round by its eligible and selected counts); the plain strategies
+    ignore it."""
+
+    number: int
+    goal: int
+    eligible: int
+    selected: int
+
+
 class Strategy(Protocol[A]):
     name: ClassVar[str]
     streaming: ClassVar[bool]  # True: O(model) memory per round; False: holds the round's accepted updates
@@ -34,12 +47,43 @@ class Strategy(Protocol[A]):
         """The strategy's arrays before the first round (empty for a stateless strategy)."""
         ...
 
-    def begin(self, weights: Arrays, capacity: int) -> A:
-        """A fresh accumulator for one round of at most ``capacity`` updates."""
+    def begin(self, weights: Arrays, capacity: int, context: RoundContext | None = None) -> A:
+        """A fresh accumulator for one round of at most ``capacity`` updates (``context``: the round's counts,
+        when a round gives them)."""
         ...
 
     def apply(self, state: ServerState, accumulated: A) -> tuple[ServerState, Diagnostics]:
         """The state after a committed round; ``accumulated`` holds at least one update."""
+        ...
+
+
+@runtime_checkable
+class NormObserver(Protocol):
+    """An accumulator that also wants each accepted update's norm before clipping, as its device reported it
+    (adaptive clipping counts the updates that were clipped)."""
+
+    def observe_norm(self, norm: float) -> None: ...
+
+
+@runtime_checkable
+class Private(Protocol):
+    """What the round machine asks a differentially private wrapper (``coordinator.strategies.dp_fedavg``),
+    without importing it (its accountant needs ``dp_accounting``, which a run without DP does not)."""
+
+    def prepared(self, state: ServerState, known_devices: int) -> ServerState:
+        """``state`` with what the first private round fixes in the ledger (delta from the devices known)."""
+        ...
+
+    def clip_bound(self, state: ServerState) -> float:
+        """The L2 bound devices clip to in the next round."""
+        ...
+
+    def refusal(self, state: ServerState, context: RoundContext) -> str | None:
+        """Why the round ``context`` describes must not run (the budget would be exceeded), or None."""
+        ...
+
+    def report(self, state: ServerState, clip: float) -> dict[str, Any]:
+        """The round line's ``privacy`` object: epsilon so far at delta, the noise multiplier, ``clip``."""
         ...
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from coordinator.server_state import EMPTY, Arrays, ServerState
 from coordinator.strategies.arith import WeightedSum, step
-from coordinator.strategies.base import Diagnostics, check_positive
+from coordinator.strategies.base import Diagnostics, RoundContext, check_positive
 from edge_runtime.updates import l2_norm
 
 
@@ -29,7 +29,7 @@ class FedAvg:
     def init(self, weights: Arrays) -> Arrays:
         return EMPTY
 
-    def begin(self, weights: Arrays, capacity: int) -> WeightedSum:
+    def begin(self, weights: Arrays, capacity: int, context: RoundContext | None = None) -> WeightedSum:
         return WeightedSum(weights)
 
     def apply(self, state: ServerState, accumulated: WeightedSum) -> tuple[ServerState, Diagnostics]:

@@ -18,7 +18,15 @@ from typing import ClassVar
 
 from coordinator.server_state import Arrays, ServerState
 from coordinator.strategies.arith import WeightedSum, decayed, step
-from coordinator.strategies.base import Diagnostics, check_fraction, check_positive, named, slot, zeros_like
+from coordinator.strategies.base import (
+    Diagnostics,
+    RoundContext,
+    check_fraction,
+    check_positive,
+    named,
+    slot,
+    zeros_like,
+)
 from edge_runtime.updates import l2_norm
 
 
@@ -36,7 +44,7 @@ class FedAvgM:
     def init(self, weights: Arrays) -> Arrays:
         return zeros_like(weights, "momentum")
 
-    def begin(self, weights: Arrays, capacity: int) -> WeightedSum:
+    def begin(self, weights: Arrays, capacity: int, context: RoundContext | None = None) -> WeightedSum:
         return WeightedSum(weights)
 
     def apply(self, state: ServerState, accumulated: WeightedSum) -> tuple[ServerState, Diagnostics]:
