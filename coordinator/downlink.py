@@ -16,7 +16,6 @@ feedback on the coordinator their error would accumulate round after round.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coordinator.selection import derived_seed
 from edge_runtime.codecs import FLOAT32, Codec, get_codec
 from edge_runtime.errors import ProtocolError, WeightsError
 from edge_runtime.manifest import WeightSpec
@@ -64,7 +64,7 @@ def downlink_codec(name: str) -> Codec | None:
 def downlink_seed(seed: int, version: int) -> int:
     """The stochastic rounding seed of version ``version``'s delta, reproducible from the configured seed (the
     same after ``--resume``): the first 4 bytes, little-endian, of sha256(``"<seed>/downlink/<version>"``)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/downlink/{version}".encode()).digest()[:4], "little")
+    return derived_seed(seed, "downlink", version)
 
 
 def compress(previous: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray], specs: tuple[WeightSpec, ...],

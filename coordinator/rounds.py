@@ -12,7 +12,6 @@ and keep the model.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from coordinator.selection import derived_seed
 from coordinator.server_state import ServerState
 from coordinator.strategies import Diagnostics, Strategy
 from coordinator.strategies.base import NormObserver, RoundContext
@@ -29,7 +29,7 @@ from edge_runtime.codecs import get_codec
 from edge_runtime.errors import WeightsError
 from edge_runtime.local_dp import noised_bound
 from edge_runtime.manifest import WeightSpec
-from edge_runtime.protocol import TaskFailed, UpdateHeader
+from edge_runtime.protocol import BAD_TENSORS, NON_FINITE, TaskFailed, UpdateHeader
 from edge_runtime.updates import l2_norm
 from edge_runtime.weights import Weights
 
@@ -47,8 +47,6 @@ WRONG_TASK = "wrong_task"
 WRONG_MODEL_VERSION = "wrong_model_version"
 DUPLICATE = "duplicate"
 BAD_METADATA = "bad_metadata"
-BAD_TENSORS = "bad_tensors"
-NON_FINITE = "non_finite"
 NORM_EXCEEDED = "norm_exceeded"
 NO_OPEN_ROUND = "no_open_round"
 BAD_STATUS = "bad_status"
@@ -234,7 +232,7 @@ class OpenRound:
 
 def task_seed(seed: int, round_number: int, device: str) -> int:
     """A device's seed for a round (its data shuffling, its codec's draws), reproducible from the configured seed."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{round_number}/{device}".encode()).digest()[:4], "little")
+    return derived_seed(seed, round_number, device)
 
 
 def has_non_finite(tensors: Mapping[str, np.ndarray]) -> bool:

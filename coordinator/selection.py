@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 
@@ -26,3 +27,10 @@ def select(eligible: Iterable[str], count: int, seed: int, round_number: int) ->
     rng = np.random.default_rng([seed, round_number])
     picked = rng.choice(len(pool), size=count, replace=False)
     return tuple(sorted(pool[i] for i in picked))
+
+
+def derived_seed(*parts: object) -> int:
+    """A 32-bit seed derived from ``parts``: the first 4 bytes, little-endian, of sha256 of the parts joined by "/"
+    (``derived_seed(7, 3, "d1")`` hashes ``"7/3/d1"``). Reproducible from the configured seed, so a resumed run
+    draws what the first would have."""
+    return int.from_bytes(hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()[:4], "little")

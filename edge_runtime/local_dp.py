@@ -56,6 +56,15 @@ def _check_noise(z: object, name: str = "local-noise-multiplier") -> float:
     return float(z)
 
 
+def noise_generator(test_seed: int | None, round_number: int) -> np.random.Generator:
+    """A fresh generator for one draw of privacy noise (a device's local noise, the coordinator's central noise):
+    numpy's PCG64 seeded with 128 bits of the operating system's CSPRNG, or, tests only, from
+    ``(test_seed, round_number)``."""
+    if test_seed is not None:
+        return np.random.default_rng([test_seed, round_number])
+    return np.random.default_rng(secrets.randbits(128))
+
+
 def noised_bound(clip_norm: float, local_noise: float, values: int) -> float:
     """The L2 norm a clipped update of ``values`` values stays within once N(0, (z C)^2) noise is added, z =
     ``local_noise``, except with probability below exp(-18): ``C (1 + z (sqrt(n) + 6))``. ``clip_norm`` if z is 0."""
@@ -79,14 +88,9 @@ class LocalGaussian:
         """The z the update header declares (``UpdatePipeline`` reads it)."""
         return self.noise_multiplier
 
-    def generator(self, task: TrainTask) -> np.random.Generator:
-        if self.test_seed is not None:
-            return np.random.default_rng([self.test_seed, task.round])
-        return np.random.Generator(np.random.PCG64(secrets.randbits(128)))
-
     def __call__(self, update: Weights, task: TrainTask) -> Weights:
         sigma = self.noise_multiplier * task.clip_norm
-        rng = self.generator(task)
+        rng = noise_generator(self.test_seed, task.round)
         return {name: (np.asarray(value, np.float64) + rng.normal(0.0, sigma, np.shape(value))).astype(np.float32)
                 for name, value in update.items()}
 

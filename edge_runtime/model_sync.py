@@ -23,9 +23,11 @@ from edge_runtime.codecs import FLOAT32, UNKNOWN_CODEC, get_codec
 from edge_runtime.errors import ProtocolError, WeightsError
 from edge_runtime.manifest import WeightSpec
 from edge_runtime.protocol import (
+    BAD_TENSORS,
     DOWNLINK_CODECS,
     MALFORMED,
     NO_DELTAS,
+    NON_FINITE,
     DeltaHeader,
     GlobalHeader,
     add_delta,
@@ -37,11 +39,10 @@ from edge_runtime.protocol import (
 )
 from edge_runtime.weights import Weights, check_weights, weights_from_bytes
 
-# Why a device does not use a delta (besides the framing reasons of edge_runtime.protocol: malformed, oversized,
-# wrong_protocol, and unknown_codec); it logs the reason and takes the full model.
+# Why a device does not use a delta, besides edge_runtime.protocol's reasons (malformed, oversized, wrong_protocol,
+# bad_tensors, non_finite: the rebuilt weights hold NaN or Inf) and unknown_codec; it logs the reason and takes the
+# full model.
 NO_BASE = "no_base"  # it holds no model, or not the delta's base version
-BAD_TENSORS = "bad_tensors"  # the tensors do not decode for the manifest (names, shapes, dtypes, NaN scales, ...)
-NON_FINITE = "non_finite"  # the rebuilt weights hold NaN or Inf
 HASH_MISMATCH = "hash_mismatch"  # the rebuilt weights do not hash to the header's sha256
 
 

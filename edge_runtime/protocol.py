@@ -51,6 +51,8 @@ STATUS_QOS = 0
 MALFORMED = "malformed"
 OVERSIZED = "oversized"
 WRONG_PROTOCOL = "wrong_protocol"
+BAD_TENSORS = "bad_tensors"  # tensors that do not decode for the manifest (names, shapes, dtypes, scales, ...)
+NON_FINITE = "non_finite"  # NaN or Inf in the tensors, or in what they decode to
 # The downlink: the codecs a global model's delta may travel in (the unbiased ones: without error feedback on the
 # coordinator a biased codec would drift), and the GlobalHeader.delta_codec of a coordinator that publishes none.
 DOWNLINK_CODECS = ("float32", "float16", "int8", "int4")

@@ -21,7 +21,6 @@ operating system's CSPRNG each round (``secrets``), or, for tests only, from ``(
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from coordinator.privacy.accountant import RoundEvent, allows, epsilon
 from coordinator.server_state import Arrays, ServerState
 from coordinator.strategies.arith import WeightedSum
 from coordinator.strategies.base import Diagnostics, RoundContext, Strategy
+from edge_runtime.local_dp import noise_generator
 from edge_runtime.weights import Weights
 
 ADAPTIVE = "adaptive"
@@ -228,13 +228,6 @@ class DpFedAvg:
         delta = _delta(ledger)
         return {"epsilon": epsilon(ledger.events, delta, options.method), "delta": delta,
                 "noise_multiplier": options.noise_multiplier, "clip": clip, "method": options.method}
-
-
-def noise_generator(test_seed: int | None, round_number: int) -> np.random.Generator:
-    """A fresh generator for one round: seeded by the OS's CSPRNG, or by ``(test_seed, round)`` in tests."""
-    if test_seed is not None:
-        return np.random.default_rng([test_seed, round_number])
-    return np.random.default_rng(secrets.randbits(128))
 
 
 def noised_mean(total: Mapping[str, np.ndarray], std: float, denominator: int,
