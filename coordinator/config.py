@@ -108,8 +108,8 @@ class CoordinatorConfig:
         want(self.codec == AUTO or codec_problem(self.codec) is None, "codec",
              f"auto or one of {', '.join(CODEC_NAMES)} (docs/COMPRESSION.md)", self.codec)
         self.link_codecs  # noqa: B018 -- refuses an unknown link class or codec name in codec-table, naming it
-        want(_downlink_problem(self.downlink_codec) is None, "downlink-codec",
-             f"{NO_DELTAS} or an unbiased codec ({_downlink_problem(self.downlink_codec)})", self.downlink_codec)
+        downlink = _downlink_problem(self.downlink_codec)
+        want(downlink is None, "downlink-codec", f"{NO_DELTAS} or an unbiased codec ({downlink})", self.downlink_codec)
         want(self.max_examples >= 1, "max-examples", "an integer >= 1", self.max_examples)
         want(self.weighting in ("examples", "uniform"), "weighting", "examples or uniform", self.weighting)
         want(math.isfinite(self.prox_mu) and self.prox_mu >= 0, "prox-mu", "a finite number >= 0 (0: no proximal "

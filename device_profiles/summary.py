@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.report import traffic as round_traffic
+from coordinator.rounds import Tally
 from device_profiles.clock import SimClock
 from device_profiles.fleet_config import FleetConfig
 from device_profiles.prepare import DeviceEntry
@@ -51,10 +53,10 @@ def traffic(lines: Sequence[dict[str, Any]]) -> Traffic:
     mix = Counter[str]()
     for line in lines:
         mix.update(line.get("codec_mix", {}))
-    updates, selected = sum(mix.values()), sum(int(line["selected"]) for line in lines)
-    return Traffic(up, down, round(up / updates, 1) if updates else None,
-                   round(down / selected, 1) if selected else None, dict(sorted(mix.items())),
-                   round(float32 / up, 3) if up else None)
+    selected = sum(int(line["selected"]) for line in lines)
+    summed = round_traffic(Tally(bytes_up=up, bytes_up_float32=float32, codec_mix=mix, bytes_down=down), selected)
+    return Traffic(up, down, summed["bytes_up_per_device"], summed["bytes_down_per_device"], summed["codec_mix"],
+                   summed["compression"])
 
 
 @dataclass(frozen=True)
