@@ -13,6 +13,8 @@ never eval), and raises ``ProtocolError`` with a stable ``reason`` code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -201,7 +203,19 @@ class TrainTask:
     codec: str = DEFAULT_CODEC  # how the update is encoded (edge_runtime.codecs)
     max_examples: int = 0  # train on at most this many examples per epoch and report at most this many; 0: no cap
     mu: float = 0.0  # FedProx's proximal coefficient (0: plain local training); > 0 needs a proximal artifact
+    # Secure aggregation (PROTOCOL.md 5.13, edge_runtime.secagg): the graph's seed (64 hex digits; "": a plain round),
+    # its degree, the Shamir threshold, the quantizer's value bits and the modulus' bits, and the round's devices.
+    secure_seed: str = ""
+    secure_degree: int = 0
+    secure_threshold: int = 0
+    secure_value_bits: int = 0
+    secure_modulus_bits: int = 0
+    peers: tuple[str, ...] = ()
     kind: Literal["train"] = "train"
+
+    @property
+    def secure(self) -> bool:
+        return bool(self.secure_seed)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.mu) and self.mu >= 0):
@@ -271,13 +285,117 @@ class FleetClock:
     kind: Literal["fleet-clock"] = "fleet-clock"
 
 
+# --- secure aggregation's control messages (PROTOCOL.md 5.13) -----------------------------------
+# Binary values travel as standard base64 (RFC 4648, with padding); a list entry is "DEVICE:BASE64" (a device id
+# holds no ':'). edge_runtime.secagg checks each value's length and meaning; here only the JSON shape is checked.
+
+
+@dataclass(frozen=True)
+class SecAggKeys:
+    """Device -> coordinator: its two X25519 public keys for the round (shares' encryption, masks) and the SHA-256
+    (hex) of its self-mask seed, which lets the coordinator check the seed it rebuilds from shares."""
+
+    device_id: str
+    task_id: str
+    round: int
+    cipher_key: str
+    mask_key: str
+    seed_sha256: str
+    kind: Literal["secagg-keys"] = "secagg-keys"
+
+
+@dataclass(frozen=True)
+class SecAggRoster:
+    """Coordinator -> device: the keys of its neighbours that advertised, entries "DEVICE:CIPHER_B64:MASK_B64"."""
+
+    task_id: str
+    round: int
+    neighbours: tuple[str, ...]
+    kind: Literal["secagg-roster"] = "secagg-roster"
+
+
+@dataclass(frozen=True)
+class SecAggShares:
+    """Device -> coordinator: one sealed pair of shares per neighbour of its roster, entries "TO:BASE64"."""
+
+    device_id: str
+    task_id: str
+    round: int
+    shares: tuple[str, ...]
+    kind: Literal["secagg-shares"] = "secagg-shares"
+
+
+@dataclass(frozen=True)
+class SecAggRouted:
+    """Coordinator -> device: the sealed shares its neighbours made for it, entries "FROM:BASE64". A device masks
+    with exactly these neighbours."""
+
+    task_id: str
+    round: int
+    shares: tuple[str, ...]
+    kind: Literal["secagg-routed"] = "secagg-routed"
+
+
+@dataclass(frozen=True)
+class SecAggUnmask:
+    """Coordinator -> device: which of its neighbours sent a masked input (reveal their self-mask seed's share)
+    and which dropped after sharing (reveal their mask key's share)."""
+
+    task_id: str
+    round: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    kind: Literal["secagg-unmask"] = "secagg-unmask"
+
+
+@dataclass(frozen=True)
+class SecAggReveal:
+    """Device -> coordinator: the shares the unmask request asked for, entries "OWNER:BASE64" (one share each)."""
+
+    device_id: str
+    task_id: str
+    round: int
+    shares: tuple[str, ...]
+    kind: Literal["secagg-reveal"] = "secagg-reveal"
+
+
+SecAggToDevice = SecAggRoster | SecAggRouted | SecAggUnmask
+SecAggFromDevice = SecAggKeys | SecAggShares | SecAggReveal
+
+
+def pack_entry(device: str, *values: bytes) -> str:
+    """ "DEVICE:B64[:B64...]", the list entry of the secure aggregation messages."""
+    return ":".join([check_name(device, "device id"), *(base64.b64encode(v).decode("ascii") for v in values)])
+
+
+def unpack_entries(entries: Sequence[str], parts: int, what: str) -> dict[str, tuple[bytes, ...]]:
+    """``{device: (bytes, ...)}`` from "DEVICE:B64..." entries with ``parts`` values each; a malformed entry, or a
+    device named twice, is refused (MALFORMED)."""
+    out: dict[str, tuple[bytes, ...]] = {}
+    for entry in entries:
+        fields = entry.split(":")
+        if len(fields) != parts + 1:
+            raise ProtocolError(MALFORMED, f"{what} entry {entry[:80]!r}; expected DEVICE and {parts} base64 "
+                                           "value(s) separated by ':'")
+        device = check_name(fields[0], "device id")
+        if device in out:
+            raise ProtocolError(MALFORMED, f"{what} names device {device!r} twice; expected each at most once")
+        try:
+            out[device] = tuple(base64.b64decode(f, validate=True) for f in fields[1:])
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(MALFORMED, f"{what} entry for {device!r} is not base64: {exc}") from exc
+    return out
+
+
 Task = TrainTask | EvaluateTask
 Report = TaskFailed | EvaluationReport
 ControlMessage = (DeviceStatus | TrainTask | EvaluateTask | TaskFailed | EvaluationReport | CoordinatorState
-                  | FleetClock)
+                  | FleetClock | SecAggToDevice | SecAggFromDevice)
 _CONTROL: dict[str, type[Any]] = {
     "status": DeviceStatus, "train": TrainTask, "evaluate": EvaluateTask, "failed": TaskFailed,
     "evaluation": EvaluationReport, "coordinator": CoordinatorState, "fleet-clock": FleetClock,
+    "secagg-keys": SecAggKeys, "secagg-roster": SecAggRoster, "secagg-shares": SecAggShares,
+    "secagg-routed": SecAggRouted, "secagg-unmask": SecAggUnmask, "secagg-reveal": SecAggReveal,
 }
 M = TypeVar("M")
 
@@ -290,7 +408,9 @@ def kind_of(cls: type[Any]) -> str:
 
 # Fields added after their message's first release, left out while they hold these defaults: a message that does
 # not use them has the bytes it had before, and a receiver of the earlier release ignores them when they are sent.
-_LATER_FIELDS: dict[str, Any] = {"local_noise": 0.0, "local_rounds": 0, "local_epsilon": None}
+_LATER_FIELDS: dict[str, Any] = {"local_noise": 0.0, "local_rounds": 0, "local_epsilon": None, "secure_seed": "",
+                                  "secure_degree": 0, "secure_threshold": 0, "secure_value_bits": 0,
+                                  "secure_modulus_bits": 0, "peers": ()}
 
 
 def _wire_fields(message: Any) -> dict[str, Any]:
@@ -476,10 +596,24 @@ class ArtifactHeader:
     kind: Literal["artifact"] = "artifact"
 
 
+@dataclass(frozen=True)
+class MaskedHeader:
+    """The metadata of a masked input (secure aggregation): one tensor ``masked``, the device's quantized update
+    plus its masks, ``modulus_bits``-bit unsigned integers (uint32 up to 32 bits, else uint64), in manifest order."""
+
+    device_id: str
+    task_id: str
+    round: int
+    model_version: int
+    modulus_bits: int
+    kind: Literal["masked"] = "masked"
+
+
+MASKED_TENSOR = "masked"
 _BINARY: dict[str, type[Any]] = {"update": UpdateHeader, "global": GlobalHeader, "delta": DeltaHeader,
-                                  "artifact": ArtifactHeader}
-Header = UpdateHeader | GlobalHeader | DeltaHeader | ArtifactHeader
-H = TypeVar("H", UpdateHeader, GlobalHeader, DeltaHeader, ArtifactHeader)
+                                  "artifact": ArtifactHeader, "masked": MaskedHeader}
+Header = UpdateHeader | GlobalHeader | DeltaHeader | ArtifactHeader | MaskedHeader
+H = TypeVar("H", UpdateHeader, GlobalHeader, DeltaHeader, ArtifactHeader, MaskedHeader)
 
 
 def encode_tensors(header: Header, tensors: Mapping[str, np.ndarray]) -> bytes:
