@@ -129,7 +129,9 @@ def acl_text(federation: str, coordinator: str) -> str:
         f"pattern write {base}/devices/%u/status",
         f"pattern write {base}/updates/%u",
         f"pattern write {base}/reports/%u",
+        f"pattern write {base}/secagg/%u",
         f"pattern read  {base}/devices/%u/task",
+        f"pattern read  {base}/devices/%u/secagg",
         f"pattern read  {base}/model/artifact",
         f"pattern read  {base}/model/global",
         f"pattern read  {base}/model/delta",
@@ -141,9 +143,11 @@ def acl_text(federation: str, coordinator: str) -> str:
         f"topic write {base}/model/delta",
         f"topic write {base}/coordinator/state",
         f"topic write {base}/devices/+/task",
+        f"topic write {base}/devices/+/secagg",
         f"topic read  {base}/devices/+/status",
         f"topic read  {base}/updates/+",
         f"topic read  {base}/reports/+",
+        f"topic read  {base}/secagg/+",
     ]) + "\n"
 
 

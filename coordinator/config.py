@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 # The update-pipeline options, the same in every command that runs a coordinator (edgefl fleet too).
 PIPELINE_OPTIONS = ("codec", "codec_table", "downlink_codec", "max_examples", "weighting", "prox_mu", "strategy",
                     "reset_strategy", *HYPERPARAMETERS, "dp_noise_multiplier", "dp_clip", "dp_target_quantile",
-                    "dp_clip_lr", "dp_clipped_count_stddev", "target_epsilon", "target_delta", "dp_test_seed")
+                    "dp_clip_lr", "dp_clipped_count_stddev", "target_epsilon", "target_delta", "dp_test_seed",
+                    "secure_aggregation", "secure_dropout")
 # Central DP's options other than the noise multiplier: refused while it is 0 (no DP).
 DP_OPTIONS = ("dp_clip", "dp_target_quantile", "dp_clip_lr", "dp_clipped_count_stddev", "target_epsilon",
               "target_delta", "dp_test_seed")
@@ -84,6 +85,8 @@ class CoordinatorConfig:
     target_epsilon: float | None = None
     target_delta: float | None = None
     dp_test_seed: int | None = None  # tests only: reproducible noise; never in a real deployment
+    secure_aggregation: bool = False  # SecAgg+: the coordinator learns only the sum (coordinator.secure_round)
+    secure_dropout: float | None = None  # the drop-out after sharing the graph's degree is planned for; None: 0.1
     eval_every: int = 5
     test_data: Path | None = None
     seed: int = 0
@@ -119,7 +122,13 @@ class CoordinatorConfig:
         for name in DP_OPTIONS if self.dp_noise_multiplier == 0 else ():
             want(getattr(self, name) is None, key_of(name), "no value without --dp-noise-multiplier > 0",
                  getattr(self, name))
-        self.build_strategy()  # refuses an unknown strategy, an option it does not take, or a bad value
+        strategy = self.build_strategy()  # refuses an unknown strategy, an option it does not take, or a bad value
+        if self.secure_aggregation:
+            self._check_secure(strategy)
+        want(self.secure_dropout is None or self.secure_aggregation, "secure-dropout",
+             "no value without --secure-aggregation", self.secure_dropout)
+        want(self.secure_dropout is None or 0 <= self.secure_dropout < 0.5, "secure-dropout",
+             "a fraction in [0, 0.5): the threshold is a strict majority of a neighbourhood", self.secure_dropout)
         want(self.eval_every >= 0, "eval-every", "an integer >= 0 (0: never)", self.eval_every)
         want(self.max_payload is None or self.max_payload > 0, "max-payload", "bytes > 0", self.max_payload)
         want(self.mqtt_version in ("auto", "5", "3.1.1"), "mqtt-version", "auto, 5 or 3.1.1", self.mqtt_version)
@@ -130,6 +139,27 @@ class CoordinatorConfig:
         except ProtocolError as exc:
             raise ConfigError("configuration", "federation", "1-64 characters from A-Z a-z 0-9 _ . -",
                               self.federation) from exc
+
+    def _check_secure(self, strategy: Strategy[Any]) -> None:
+        """What secure aggregation cannot go with (docs/SECURITY.md says why)."""
+        key = "secure-aggregation"
+        want(self.codec == DEFAULT_CODEC, key, f"the default codec ({DEFAULT_CODEC}; found --codec {self.codec}): a "
+             "secure round sends its own encoding, 16-bit levels in 32-bit words that sum; a top-k codec would "
+             "reveal which coordinates a device touched, and int8, int4 and sign scale per block and device, which "
+             "does not sum", True)
+        want(strategy.streaming, key, f"a streaming strategy (found --strategy {self.strategy}): a robust rule "
+             "needs every update, and the coordinator sees only their sum", True)
+        want(not (self.dp_noise_multiplier and self.dp_clip == "adaptive"), key, "a fixed --dp-clip: adaptive "
+             "clipping needs each device's clipped bit, which would have to be summed securely too", True)
+        want(self.min_clients >= 3, key, f"--min-clients >= 3 (found {self.min_clients}): with two devices each "
+             "would learn the other's update from the sum", True)
+
+    @property
+    def planned_dropout(self) -> float:
+        """The drop-out after sharing a secure round's degree is planned for (``--secure-dropout``)."""
+        from edge_runtime.secagg.graph import DEFAULT_DROPOUT  # secure aggregation's modules need cryptography
+
+        return _or(self.secure_dropout, DEFAULT_DROPOUT)
 
     @functools.cached_property
     def link_codecs(self) -> CodecTable:

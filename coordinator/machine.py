@@ -38,6 +38,7 @@ from coordinator.rounds import (
     IDENTITY_MISMATCH,
     LATE,
     NO_OPEN_ROUND,
+    WRONG_MODEL_VERSION,
     OpenRound,
     RoundOutcome,
     RoundPlan,
@@ -45,6 +46,7 @@ from coordinator.rounds import (
     Weighting,
     task_seed,
 )
+from coordinator.secure_round import Abandoned, SecureAggregation, new_params, quantization_step, secure_fields
 from coordinator.selection import goal_count, select, selection_size
 from coordinator.server_state import Arrays, ServerState
 from coordinator.strategies import Strategy
@@ -60,6 +62,10 @@ from edge_runtime.protocol import (
     EvaluateTask,
     EvaluationReport,
     GlobalHeader,
+    MaskedHeader,
+    SecAggKeys,
+    SecAggReveal,
+    SecAggShares,
     TaskFailed,
     Topics,
     TrainTask,
@@ -75,6 +81,10 @@ log = logging.getLogger(__name__)
 # After starting, the retained device statuses arrive in a burst: settling lasts at least SETTLE_S, then until no
 # status has arrived for SETTLE_QUIET_S (a fleet of 10,000 takes longer than one of 10), at most SETTLE_MAX_S.
 SETTLE_S, SETTLE_QUIET_S, SETTLE_MAX_S = 1.0, 0.5, 60.0
+# A secure round's stages without training: keys close at 30% of the round timeout, shares at 45%, and unmasking
+# has 30% more after the masked inputs close (fractions of the timeout: a fleet's clock may be simulated; a device
+# busy loading its model answers its first task's key request late).
+KEYS_UNTIL, SHARES_UNTIL, UNMASK_FOR = 0.3, 0.45, 0.3
 Phase = Literal["settling", "fleet", "waiting", "training", "evaluating", "finished"]
 
 
@@ -145,6 +155,9 @@ class RoundMachine:
         self._delta_bytes = 0  # size of the retained delta to the current version (0: none)
         self._choices: dict[str, tuple[DeviceStatus, Choice]] = {}  # device -> (the status it was made on, choice)
         self._round: OpenRound | None = None
+        self._secure: SecureAggregation | None = None  # the open round's secure aggregation, if it has one
+        self._secure_until = 0.0  # the current secure stage's deadline (coordinator's clock)
+        self._secure_closed_by: Literal["goal", "all_answered", "deadline"] = "deadline"  # its masked stage's
         self._evaluation: EvaluationRound | None = None
         self._started = _Started(0.0, 0.0)
         self._phase_until = 0.0  # fleet: real time the phase ends; training / evaluating: the deadline
@@ -164,7 +177,9 @@ class RoundMachine:
     def trainable(self) -> dict[str, str]:
         """The eligible devices that encode the codec their task would name, each with that codec (sorted)."""
         choices = self._codec_choices(self.eligible())
-        return {device: choice.codec for device, choice in choices.items() if choice.codec is not None}
+        secure = self.config.secure_aggregation
+        return {device: choice.codec for device, choice in choices.items()
+                if choice.codec is not None and (not secure or self.registry[device].secure_aggregation)}
 
     def _codec_choices(self, devices: list[str]) -> dict[str, Choice]:
         """Each device's codec choice, made again only when its status changed (this runs at every tick)."""
@@ -188,7 +203,7 @@ class RoundMachine:
             return (f"round {number} waits for {self.config.expect_devices} devices to hold the model "
                     f"({self._holding_model()} do; {len(online)} online)")
         choices = self._codec_choices(self.eligible())
-        have = sum(1 for choice in choices.values() if choice.codec is not None)
+        have = len(self.trainable())
         if have >= self.config.min_clients:
             return None
         refused = [s for s in online if not s.eligible]
@@ -197,6 +212,9 @@ class RoundMachine:
         others = f", {len(refused)} not eligible{': top reasons ' + top if top else ''}" if refused else ""
         unable = Counter(choice.reason for choice in choices.values() if choice.codec is None)
         others += "".join(f", {n} eligible but {reason}" for reason, n in unable.most_common(3))
+        if self.config.secure_aggregation:
+            lacking = sum(1 for d in choices if not self.registry[d].secure_aggregation)
+            others += f", {lacking} eligible but without secure aggregation" if lacking else ""
         return (f"round {number} waits for {self.config.min_clients} eligible devices ({have} now; {len(online)} "
                 f"online{others})")
 
@@ -234,7 +252,7 @@ class RoundMachine:
         if self._round is not None:
             self._round.close("stopped")
             self._withdraw(self._round.plan.selected)
-            self._round = None
+            self._round, self._secure = None, None
         elif self._evaluation is not None:
             self._end_evaluation(now)
         self._finish()
@@ -250,6 +268,8 @@ class RoundMachine:
             self._step_fleet(now)
         elif self.phase == "waiting":
             self._step_waiting(now)
+        elif self.phase == "training" and self._round is not None and self._secure is not None:
+            self._step_secure(self._round, self._secure, now)
         elif self.phase == "training" and self._round is not None:
             current = self._round
             if current.goal_reached or current.all_answered or now.clock >= self._phase_until:
@@ -310,15 +330,63 @@ class RoundMachine:
                          cast(Weighting, config.weighting), config.seed,
                          MappingProxyType({device: codecs[device] for device in sorted(chosen)}))
         self._round = OpenRound(plan, self.state, self._specs, self._strategy, self._tally)
+        secure: dict[str, Any] = {}
+        if config.secure_aggregation:
+            params = new_params(plan.task_id, number, plan.selected, config.planned_dropout)
+            self._secure = SecureAggregation(params, sum(spec.size for spec in self._specs), plan.clip_norm)
+            self._secure_until, secure = now.clock + KEYS_UNTIL * config.round_timeout, secure_fields(params)
         for device in sorted(plan.selected):
             task = TrainTask(plan.task_id, number, plan.model_version, self.state.artifact_id, plan.deadline,
                              config.local_epochs, self._lr, plan.clip_norm, task_seed(config.seed, number, device),
-                             plan.codec_of(device), plan.max_examples, config.prox_mu)
+                             plan.codec_of(device), plan.max_examples, config.prox_mu, **secure)
             payload = encode(task)
             self._publish(self.topics.task(device), payload)
             self._tally.bytes_down += len(payload) + self._download_bytes(device, plan.model_version)
         self.phase, self._phase_until = "training", plan.deadline
         self._publish_state("training")
+
+    def _step_secure(self, current: OpenRound, secure: SecureAggregation, now: Now) -> None:
+        """Move a secure round on (coordinator.secure_round): a stage closes when every device it waits for has
+        answered or at its deadline; the masked inputs' stage also at the goal, like a plain round's updates."""
+        waiting, stage = secure.waiting_for - current.answered, secure.stage  # answered here: reported a failure
+        closed_by: Literal["goal", "all_answered", "deadline"] = "all_answered" if not waiting else "deadline"
+        if stage == "masked":  # at the goal only if the inputs so far can be unmasked: else wait for more
+            if waiting and secure.counts_masked >= current.plan.goal and secure.unrecoverable() is None:
+                closed_by = "goal"
+            elif waiting and now.clock < self._phase_until:
+                return
+        elif waiting and now.clock < self._secure_until:
+            return
+        timeout = self.config.round_timeout
+        try:
+            messages = secure.advance()
+        except Abandoned as exc:
+            log.warning("round %d: secure aggregation abandoned: %s", current.plan.number, exc.problem)
+            self._end_secure(current, secure, closed_by, now, exc.reason)
+            return
+        for device, message in messages.items():
+            self._publish(self.topics.secure_out(device), encode(message))
+        if stage == "keys":
+            self._secure_until = self._started.clock + SHARES_UNTIL * timeout
+        elif stage == "masked":
+            self._secure_until, self._secure_closed_by = now.clock + UNMASK_FOR * timeout, closed_by
+        elif stage == "unmask":
+            try:
+                total, count = secure.result()
+            except Abandoned as exc:
+                log.warning("round %d: secure aggregation abandoned: %s", current.plan.number, exc.problem)
+                self._end_secure(current, secure, self._secure_closed_by, now, exc.reason)
+                return
+            refused = current.offer_sum(total, count, quantization_step(secure.params, current.plan.clip_norm))
+            self._end_secure(current, secure, self._secure_closed_by, now, refused)
+
+    def _end_secure(self, current: OpenRound, secure: SecureAggregation,
+                    closed_by: Literal["goal", "all_answered", "deadline"], now: Now, abandoned: str | None) -> None:
+        self._tally.secure = secure.counts.to_json(abandoned)
+        self._secure = None
+        for device in sorted(current.plan.selected):
+            self._publish(self.topics.secure_out(device), b"")
+        self._end_training(current.close(closed_by), now)
 
     def _private_clip(self, context: RoundContext, now: Now) -> float | None:
         """The bound devices clip to in the round ``context`` describes; None when central DP refuses the round
@@ -404,6 +472,8 @@ class RoundMachine:
                 self._on_status(device, payload)
             elif kind == "update":
                 self._on_update(device, payload)
+            elif kind == "secagg":
+                self._on_secure(device, payload)
             else:
                 self._on_report(device, payload)
         except ProtocolError as exc:
@@ -424,7 +494,38 @@ class RoundMachine:
         if status.local_noise > 0 and (before is None or before.local_rounds != status.local_rounds):
             _log_local_dp(device, status)
 
+    def _on_secure(self, device: str, payload: bytes) -> None:
+        message: SecAggKeys | SecAggShares | SecAggReveal = decode(payload, (SecAggKeys, SecAggShares, SecAggReveal))
+        if self._secure is None:
+            self._no_round(message.round)
+            return
+        reason = self._secure.offer(device, message) if device in self.registry else "unknown_device"
+        if reason is not None:
+            self._tally.rejected[reason] += 1
+            log.warning("rejected %s from %s: %s", message.kind, device, reason)
+
+    def _on_masked(self, device: str, payload: bytes, secure: SecureAggregation) -> None:
+        header, tensors = decode_tensors(payload, MaskedHeader, self._limit)
+        if secure.stage != "masked" and header.round == secure.params.round:
+            self._tally.rejected[LATE] += 1  # an over-selected device finishing after the goal was met
+            return
+        if header.model_version != self.state.model_version:
+            self._tally.rejected[WRONG_MODEL_VERSION] += 1
+            return
+        reason = secure.offer_masked(device, header, tensors) if device in self.registry else "unknown_device"
+        if reason is not None:
+            self._tally.rejected[reason] += 1
+            log.warning("rejected a masked input from %s: %s", device, reason)
+            return
+        tally = self._tally
+        tally.bytes_up += len(payload)
+        tally.bytes_up_float32 += len(payload)  # as large as float32: 32-bit words, one per parameter
+        tally.codec_mix["secagg"] += 1
+
     def _on_update(self, device: str, payload: bytes) -> None:
+        if self._secure is not None:
+            self._on_masked(device, payload, self._secure)
+            return
         header, tensors = decode_tensors(payload, UpdateHeader, self._limit)
         if self._round is None:
             reason = self._no_round(header.round)

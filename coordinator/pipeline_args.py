@@ -70,6 +70,13 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prox-mu", type=float,
                        help="FedProx: devices add this times (w - global) to each travelling weight's gradient, "
                             "with any strategy; needs an artifact exported with the proximal term (0: none)")
+    group.add_argument("--secure-aggregation", action="store_true",
+                       help="SecAgg+: devices mask their updates so that the coordinator learns only their sum; "
+                            "only devices that support it are selected (docs/SECURITY.md)")
+    group.add_argument("--secure-dropout", type=float, metavar="FRACTION",
+                       help="with --secure-aggregation: the fraction of devices expected to vanish after sharing "
+                            "their keys; each device's number of neighbours is chosen so that a strict majority of "
+                            "them survives it (0.1: 16 neighbours at 100 devices; 0.3: 84)")
     group.add_argument("--reset-strategy", action="store_true",
                        help="with --resume: start the strategy afresh from the checkpoint's weights (needed when "
                             "the checkpoint was made with another strategy)")

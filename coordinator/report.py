@@ -55,6 +55,7 @@ def round_line(outcome: RoundOutcome, tally: Tally, started_at: float, duration_
         "federated_eval": asdict(federated) if federated else None,
         "strategy": dict(outcome.diagnostics),
         "privacy": dict(privacy) if privacy is not None else None,
+        **({"secure": tally.secure} if tally.secure is not None else {}),
     })
 
 

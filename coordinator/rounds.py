@@ -24,7 +24,7 @@ import numpy as np
 from coordinator.selection import derived_seed
 from coordinator.server_state import ServerState
 from coordinator.strategies import Diagnostics, Strategy
-from coordinator.strategies.base import NormObserver, RoundContext
+from coordinator.strategies.base import NormObserver, RoundContext, SumAccumulator
 from edge_runtime.codecs import get_codec
 from edge_runtime.errors import WeightsError
 from edge_runtime.local_dp import noised_bound
@@ -89,6 +89,7 @@ class Tally:
     bytes_up_float32: int = 0  # the same payloads had their tensors been float32 (parameters x 4 bytes each)
     codec_mix: Counter[str] = field(default_factory=Counter)  # accepted updates by codec
     bytes_down: int = 0  # what the selected devices download for their tasks: each one's task and the global model
+    secure: dict[str, Any] | None = None  # a secure round's stages (coordinator.secure_round.PhaseCounts), if any
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,11 @@ class OpenRound:
         return self.reported >= self.plan.goal
 
     @property
+    def answered(self) -> frozenset[str]:
+        """The selected devices that sent an update or said they could not."""
+        return frozenset(self._answered)
+
+    @property
     def all_answered(self) -> bool:
         return self.plan.selected <= self._answered
 
@@ -165,6 +171,30 @@ class OpenRound:
         self._answered.add(sender)
         self._loss_sum += header.train_loss * header.examples
         self._examples += header.examples
+        return None
+
+    def offer_sum(self, total: np.ndarray, count: int, step: float) -> str | None:
+        """Accept the unmasked sum of ``count`` updates (secure aggregation; flat, in manifest order), each weighing
+        1, or return why it is refused. Each update was quantized in steps of ``step``; the sum's norm must be
+        within ``count`` bounds plus that rounding, which catches a device that filled every coordinate up to the
+        bound (L-infinity instead of L2): the coordinator cannot check one update alone."""
+        if not np.all(np.isfinite(total)):
+            self.tally.rejected[NON_FINITE] += 1
+            return NON_FINITE
+        slack = count * step * math.sqrt(self._parameters)
+        if not float(np.linalg.norm(total)) <= count * self.plan.clip_norm * (1 + 1e-5) + slack:
+            self.tally.rejected[NORM_EXCEEDED] += 1
+            return NORM_EXCEEDED
+        tensors, offset = {}, 0
+        for spec in self._specs:
+            size = math.prod(spec.shape)
+            tensors[spec.name] = total[offset: offset + size].reshape(spec.shape)
+            offset += size
+        accumulated = self._accumulated
+        if not isinstance(accumulated, SumAccumulator):
+            raise TypeError(f"strategy {self._strategy.name} cannot take a sum of updates (secure aggregation)")
+        accumulated.add_sum(tensors, count)
+        self._reported += count
         return None
 
     def _check_tensors(self, tensors: Mapping[str, np.ndarray], name: str, seed: int,

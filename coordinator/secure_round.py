@@ -30,8 +30,9 @@ reason (``rejected``).
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -55,8 +56,9 @@ from edge_runtime.protocol import (
 from edge_runtime.secagg import masks, shamir
 from edge_runtime.secagg.crypto import NONCE_BYTES, TAG_BYTES, KeyPair, agree
 from edge_runtime.secagg.errors import SecAggError
+from edge_runtime.secagg.graph import DEFAULT_DROPOUT, SEED_BYTES, degree_for
 from edge_runtime.secagg.params import MASK_PURPOSE, SecureParams, pairwise_sign, seed_digest
-from edge_runtime.secagg.quantize import dequantize_sum
+from edge_runtime.secagg.quantize import MODULUS_BITS, VALUE_BITS, dequantize_sum
 from edge_runtime.secagg.session import SHARES_PLAINTEXT, check_keys
 
 Stage = Literal["keys", "shares", "masked", "unmask", "done"]
@@ -86,6 +88,34 @@ class PhaseCounts:
     rejected: Counter[str] = field(default_factory=Counter)
 
 
+    def to_json(self, abandoned: str | None) -> dict[str, object]:
+        """The round line's ``secure`` object."""
+        return {"selected": self.selected, "advertised": self.advertised, "shared": self.shared,
+                "masked": self.masked, "revealed": self.revealed, "dropped_after_sharing": self.dropped_after_sharing,
+                "self_masks_removed": self.self_masks_removed,
+                "pairwise_masks_recovered": self.pairwise_masks_recovered,
+                "rejected": dict(sorted(self.rejected.items())), "abandoned": abandoned}
+
+
+def new_params(task_id: str, round_number: int, peers: Iterable[str], dropout: float = DEFAULT_DROPOUT) -> SecureParams:
+    """A round's settings: a fresh graph seed from the OS's CSPRNG (fixed before any key is seen), the degree
+    ``degree_for(n, dropout)``, a strict majority of it as the threshold, 16-bit levels modulo 2^32."""
+    ordered = tuple(sorted(peers))
+    degree = degree_for(len(ordered), dropout)
+    return SecureParams(task_id, round_number, secrets.token_bytes(SEED_BYTES), degree, degree // 2 + 1, VALUE_BITS,
+                        MODULUS_BITS, ordered)
+
+
+def secure_fields(params: SecureParams) -> dict[str, object]:
+    """The task fields that carry ``params`` (``TrainTask.secure_*`` and ``peers``)."""
+    return {"secure_seed": params.seed.hex(), "secure_degree": params.degree, "secure_threshold": params.threshold,
+            "secure_value_bits": params.value_bits, "secure_modulus_bits": params.modulus_bits, "peers": params.peers}
+
+
+def quantization_step(params: SecureParams, clip: float) -> float:
+    return float(2 * clip / (2**params.value_bits - 1))
+
+
 class SecureAggregation:
     """The coordinator's secure round (module docstring)."""
 
@@ -100,6 +130,11 @@ class SecureAggregation:
         self._masked: set[str] = set()
         self._dropped: frozenset[str] = frozenset()
         self._revealed: dict[str, dict[str, bytes]] = {}  # revealer -> owner -> share
+
+    @property
+    def counts_masked(self) -> int:
+        """Masked inputs received so far."""
+        return len(self._masked)
 
     @property
     def waiting_for(self) -> frozenset[str]:
@@ -211,17 +246,26 @@ class SecureAggregation:
             return {}
         raise SecAggError("out_of_order", "the secure round is over")
 
+    def unrecoverable(self) -> str | None:
+        """Why the masked inputs so far could not be unmasked if the stage closed now (None: they could): a
+        device with fewer surviving neighbours than the threshold, whose secrets nobody could rebuild."""
+        survivors, threshold = frozenset(self._masked), self.params.threshold
+        if not survivors:
+            return "no device sent a masked input"
+        for device in sorted(self._members):
+            left = len(self._neighbours(device, survivors))
+            if left < threshold:
+                return (f"{device!r} has {left} surviving neighbours, fewer than the threshold {threshold}: its "
+                        "secrets cannot be rebuilt")
+        return None
+
     def _close_masked(self) -> dict[str, SecAggToDevice]:
         p, survivors = self.params, frozenset(self._masked)
         dropped = self._members - survivors
         self.counts.masked, self.counts.dropped_after_sharing = len(survivors), len(dropped)
-        if not survivors:
-            raise Abandoned("no_masked_inputs", "no device sent a masked input")
-        for device in sorted(self._members):
-            left = len(self._neighbours(device, survivors))
-            if left < p.threshold:
-                raise Abandoned("cannot_unmask", f"{device!r} has {left} surviving neighbours, fewer than the "
-                                                 f"threshold {p.threshold}: its secrets cannot be rebuilt")
+        problem = self.unrecoverable()
+        if problem is not None:
+            raise Abandoned("no_masked_inputs" if not survivors else "cannot_unmask", problem)
         self._dropped, self._members, self.stage = dropped, survivors, "unmask"
         return {d: SecAggUnmask(p.task_id, p.round, tuple(sorted(self._neighbours(d, survivors))),
                                 tuple(sorted(self._neighbours(d, dropped)))) for d in sorted(survivors)}

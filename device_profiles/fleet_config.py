@@ -100,6 +100,8 @@ class FleetConfig:
     target_epsilon: float | None = None
     target_delta: float | None = None
     dp_test_seed: int | None = None  # tests only
+    secure_aggregation: bool = False
+    secure_dropout: float | None = None
     # running it
     broker: str = EMBEDDED
     federation: str = "fleet"
@@ -129,6 +131,9 @@ class FleetConfig:
         z = self.local_noise_multiplier
         want(z is None or (isinstance(z, (int, float)) and not isinstance(z, bool) and 0 < z < float("inf")),
              "local-noise-multiplier", "a finite number > 0", z)
+        want(not (z and self.secure_aggregation), "local-noise-multiplier", "no local noise with "
+             "--secure-aggregation: the secure quantizer clamps every value to the bound, so local noise would "
+             "be cut off and the sum refused; use --dp-noise-multiplier (noise on the sum) instead", z)
         count = self.shard_index[1]
         want(count == 1 or self.broker != EMBEDDED, "shard",
              "a shared broker (--broker mqtt://...) when the fleet is split over several machines", self.shard)

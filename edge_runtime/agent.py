@@ -19,6 +19,7 @@ delta makes of the model it holds, are ``edge_runtime.model_sync``'s decisions.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import queue
 import threading
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from edge_runtime.artifact import Artifact
 from edge_runtime.backend import select_backend
@@ -43,6 +44,9 @@ from edge_runtime.protocol import (
     DeviceStatus,
     EvaluateTask,
     EvaluationReport,
+    SecAggRoster,
+    SecAggRouted,
+    SecAggUnmask,
     Task,
     TaskFailed,
     Topics,
@@ -56,7 +60,11 @@ from edge_runtime.trainer import Trainer
 from edge_runtime.update_stages import DataTransform, UpdatePipeline, UpdateStage
 from edge_runtime.weights import Weights, select
 
+if TYPE_CHECKING:
+    from edge_runtime.secagg.session import DeviceSession
+
 log = logging.getLogger(__name__)
+SECURE_AGGREGATION = importlib.util.find_spec("cryptography") is not None  # what secure rounds need besides numpy
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,8 @@ class DeviceAgent:
         self._refused_delta = (-1, 0)  # (version, bytes) of the last delta it could not use
         self._unusable = ""  # why the device cannot take part (its data does not fit the model), if so
         self._waiting: Task | None = None  # a task whose global model has not arrived yet
+        self._secure: tuple[TrainTask, DeviceSession] | None = None  # a secure round's task and its session
+        self._secure_last: tuple[bytes, bytes] = (b"", b"")  # the last secure message handled and the reply sent
         self._results: dict[str, tuple[str, bytes]] = {}  # task id -> the report sent, resent if the task comes again
         self._early_global = b""
         self._stop = threading.Event()  # replaced by run()'s
@@ -212,6 +222,8 @@ class DeviceAgent:
                 self._on_delta(payload)
             elif topic == self.topics.task(self.config.device_id):
                 self._on_task(payload)
+            elif topic == self.topics.secure_out(self.config.device_id) and payload:
+                self._on_secure(payload)
         except (ProtocolError, EdgeRuntimeError) as exc:
             log.error("%s: refused a message on %s: %s", self.config.device_id, topic, exc)
 
@@ -326,7 +338,7 @@ class DeviceAgent:
 
     def _on_task(self, payload: bytes) -> None:
         if not payload:
-            self._waiting = None  # withdrawn before it started
+            self._waiting, self._secure = None, None  # withdrawn before it started, or its secure round is over
             return
         task: Task = decode(payload, (TrainTask, EvaluateTask))
         if task.task_id != self._newest_task:
@@ -337,7 +349,58 @@ class DeviceAgent:
                 self._publish(topic, report)  # delivered again after a reconnect: resend, do not retrain
             return
         self.stats.tasks += 1
-        self._start(task)
+        if isinstance(task, TrainTask) and task.secure:
+            self._begin_secure(task)
+        else:
+            self._start(task)
+
+    # -- secure aggregation (edge_runtime.secagg.session; PROTOCOL.md 5.13) ---------------------------------
+
+    def _begin_secure(self, task: TrainTask) -> None:
+        """A secure round: advertise keys now; train once the neighbours' shares have arrived."""
+        if self._secure is not None and self._secure[0].task_id == task.task_id:
+            return  # the same task delivered again after a reconnect: the session goes on
+        from edge_runtime.secagg.session import DeviceSession
+
+        try:
+            session = DeviceSession(self.config.device_id, task)
+        except EdgeRuntimeError as exc:
+            self._finish(task, self._failure(task, "failed", f"secure aggregation: {exc}"))
+            return
+        self._secure = (task, session)
+        self._publish(self.topics.secure_in(self.config.device_id), encode(session.keys()))
+
+    def _on_secure(self, payload: bytes) -> None:
+        message: SecAggRoster | SecAggRouted | SecAggUnmask = decode(payload, (SecAggRoster, SecAggRouted,
+                                                                              SecAggUnmask))
+        if self._secure is None or self._secure[0].task_id != message.task_id:
+            log.debug("%s: secure aggregation message for another task, ignored", self.config.device_id)
+            return
+        task, session = self._secure
+        topic = self.topics.secure_in(self.config.device_id)
+        if payload == self._secure_last[0]:  # delivered again (a reconnect, a retained copy): answer as before
+            if self._secure_last[1]:
+                self._publish(topic, self._secure_last[1])
+            return
+        try:
+            reply = b""
+            if isinstance(message, SecAggRoster):
+                reply = encode(session.shares(message))
+            elif isinstance(message, SecAggRouted):
+                self._secure_last = (payload, b"")
+                session.accept_routed(message)
+                self._start(task)  # trains, then sends the masked input (_train)
+                return
+            else:
+                reply = encode(session.reveal(message))
+            self._secure_last = (payload, reply)
+            self._publish(topic, reply)
+        except EdgeRuntimeError as exc:  # a SecAggError: a message this device refuses to act on
+            log.warning("%s: round %d: secure aggregation refused %s: %s", self.config.device_id, task.round,
+                        message.kind, exc)
+            if not isinstance(message, SecAggUnmask):
+                self._secure = None
+                self._finish(task, self._failure(task, "failed", f"secure aggregation: {exc}"))
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -430,6 +493,12 @@ class DeviceAgent:
                              mu=task.mu, on_step=lambda step, loss: self._check_continue(task, step + 1))
         self._wait(task, self.pace.compute_wait_s(result.wall_time_s), result.steps)
         local = trainer.get_weights()
+        if task.secure:
+            sent = self._masked(task, model, select(local, manifest.federated), base, result.steps)
+            if manifest.personal:
+                model.personal = select(local, manifest.personal)
+                self._personal.save(model.artifact_id, model.personal)
+            return sent
         update = self._updates.encode(self.config.device_id, task, select(local, manifest.federated), base,
                                       len(data), result.mean_loss, model.residual)
         self._wait(task, self.pace.upload_wait_s(len(update.payload)), result.steps)
@@ -445,6 +514,19 @@ class DeviceAgent:
                  self.config.device_id, task.round, result.wall_time_s, result.mean_loss, update.header.norm,
                  task.clip_norm, len(update.payload))
         return self.topics.update(self.config.device_id), update.payload
+
+    def _masked(self, task: TrainTask, model: _Model, local: Weights, base: Weights, steps: int) -> tuple[str, bytes]:
+        """A secure round's masked input, sent on the update topic (its encoding is its own: no codec, no
+        residual)."""
+        if self._secure is None or self._secure[0].task_id != task.task_id:
+            raise _Stopped("failed", "secure aggregation: the round's session is gone")
+        payload, norm = self._updates.masked(task, local, base, self._secure[1])
+        self._wait(task, self.pace.upload_wait_s(len(payload)), steps)
+        if self.config.local_noise:
+            self._account_local(self._local_dp.add(model.artifact_id, self.config.local_noise))
+        log.info("%s: round %d: update norm %.3f (bound %.3f), sending a masked input of %d bytes",
+                 self.config.device_id, task.round, norm, task.clip_norm, len(payload))
+        return self.topics.update(self.config.device_id), payload
 
     def _account_local(self, sent: list[tuple[float, int]]) -> None:
         rounds = sum(count for _, count in sent)
@@ -512,6 +594,7 @@ class DeviceAgent:
             backend=self.backend.name if model else "", sent_at=time.time(), codecs=DEVICE_CODECS,
             link=link_class(signals) if isinstance(signals, Signals) else "",
             local_noise=self.config.local_noise, local_rounds=self._local_spent[0], local_epsilon=self._local_spent[1],
+            secure_aggregation=SECURE_AGGREGATION,
         )
 
 

@@ -117,18 +117,27 @@ class Topics:
     def report(self, device_id: str) -> str:
         return f"{self.root}/reports/{check_name(device_id, 'device id')}"
 
+    def secure_in(self, device_id: str) -> str:
+        """Secure aggregation, device -> coordinator: its keys, shares and reveals (PROTOCOL.md 5.13)."""
+        return f"{self.root}/secagg/{check_name(device_id, 'device id')}"
+
+    def secure_out(self, device_id: str) -> str:
+        """Secure aggregation, coordinator -> device, retained: its roster, routed shares, unmask request."""
+        return f"{self.root}/devices/{check_name(device_id, 'device id')}/secagg"
+
     def coordinator_subscriptions(self) -> tuple[tuple[str, int], ...]:
-        """``(filter, QoS)``: statuses at QoS 0 (``STATUS_QOS``), updates and reports at QoS 1."""
+        """``(filter, QoS)``: statuses at QoS 0 (``STATUS_QOS``), updates, reports and secure aggregation's
+        messages at QoS 1."""
         return ((f"{self.root}/devices/+/status", STATUS_QOS), (f"{self.root}/updates/+", 1),
-                (f"{self.root}/reports/+", 1))
+                (f"{self.root}/reports/+", 1), (f"{self.root}/secagg/+", 1))
 
     def device_subscriptions(self, device_id: str) -> tuple[tuple[str, int], ...]:
         """Every topic a device may subscribe to; it drops ``global_model`` while it follows the deltas."""
         return tuple((topic, 1) for topic in (self.artifact, self.global_model, self.delta_model, self.coordinator,
-                                              self.task(device_id)))
+                                              self.task(device_id), self.secure_out(device_id)))
 
     def sender(self, topic: str) -> tuple[str, str] | None:
-        """``(kind, device_id)`` for a topic a device publishes on (status, update, report), else None."""
+        """``(kind, device_id)`` for a topic a device publishes on (status, update, report, secagg), else None."""
         parts = topic.split("/")
         root = self.root.split("/")
         if parts[: len(root)] != root:
@@ -138,6 +147,8 @@ class Topics:
             return "status", rest[1]
         if len(rest) == 2 and rest[0] in ("updates", "reports") and _NAME.fullmatch(rest[1]):
             return rest[0][:-1], rest[1]
+        if len(rest) == 2 and rest[0] == "secagg" and _NAME.fullmatch(rest[1]):
+            return "secagg", rest[1]
         return None
 
 
@@ -164,6 +175,7 @@ class DeviceStatus:
     local_noise: float = 0.0
     local_rounds: int = 0
     local_epsilon: float | None = None
+    secure_aggregation: bool = False  # it takes part in secure rounds (PROTOCOL.md 5.13)
     kind: Literal["status"] = "status"
 
 
@@ -408,7 +420,8 @@ def kind_of(cls: type[Any]) -> str:
 
 # Fields added after their message's first release, left out while they hold these defaults: a message that does
 # not use them has the bytes it had before, and a receiver of the earlier release ignores them when they are sent.
-_LATER_FIELDS: dict[str, Any] = {"local_noise": 0.0, "local_rounds": 0, "local_epsilon": None, "secure_seed": "",
+_LATER_FIELDS: dict[str, Any] = {"local_noise": 0.0, "local_rounds": 0, "local_epsilon": None,
+                                  "secure_aggregation": False, "secure_seed": "",
                                   "secure_degree": 0, "secure_threshold": 0, "secure_value_bits": 0,
                                   "secure_modulus_bits": 0, "peers": ()}
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from edge_runtime.manifest import Manifest, WeightSpec
 from edge_runtime.protocol import TrainTask, UpdateHeader, encode_tensors
 from edge_runtime.updates import clip, difference
 from edge_runtime.weights import Weights
+
+if TYPE_CHECKING:  # secure aggregation needs the cryptography package, imported only for a secure round
+    from edge_runtime.secagg.session import DeviceSession
 
 
 class UpdateStage(Protocol):
@@ -94,3 +97,15 @@ class UpdatePipeline:
         bound = noised_bound(task.clip_norm, z, sum(spec.size for spec in specs))
         fed = encode_with_feedback(get_codec(task.codec), update, residual, specs, task.seed, bound)
         return EncodedUpdate(header, encode_tensors(header, fed.encoded.tensors), fed.residual)
+
+    def masked(self, task: TrainTask, local: Mapping[str, np.ndarray], base: Weights,
+               session: DeviceSession) -> tuple[bytes, float]:
+        """A secure round's payload (``edge_runtime.secagg.session``): the clipped update after the stages, flat in
+        ``base``'s order (the manifest's, as a flat codec's), quantized and masked; and the norm before clipping,
+        for the device's log only (nothing about one device travels in the clear)."""
+        update, norm = clip(difference(local, base), task.clip_norm)
+        for stage in self.stages:
+            update = stage(update, task)
+        flat = np.concatenate([np.asarray(update[name], np.float32).ravel() for name in base])
+        header, tensors = session.masked_input(flat, task.clip_norm, task.model_version, np.random.default_rng())
+        return encode_tensors(header, tensors), norm

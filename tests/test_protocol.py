@@ -81,13 +81,18 @@ def test_topic_strings_of_a_federation() -> None:
     assert topics.task("pi-07") == "edgefl/lab-1/devices/pi-07/task"
     assert topics.update("pi-07") == "edgefl/lab-1/updates/pi-07"
     assert topics.report("pi-07") == "edgefl/lab-1/reports/pi-07"
+    assert topics.secure_in("pi-07") == "edgefl/lab-1/secagg/pi-07"
+    assert topics.secure_out("pi-07") == "edgefl/lab-1/devices/pi-07/secagg"
     assert topics.coordinator_subscriptions() == (
         ("edgefl/lab-1/devices/+/status", 0), ("edgefl/lab-1/updates/+", 1), ("edgefl/lab-1/reports/+", 1),
+        ("edgefl/lab-1/secagg/+", 1),
     )
     assert topics.device_subscriptions("pi-07") == (
         ("edgefl/lab-1/model/artifact", 1), ("edgefl/lab-1/model/global", 1), ("edgefl/lab-1/model/delta", 1),
         ("edgefl/lab-1/coordinator/state", 1), ("edgefl/lab-1/devices/pi-07/task", 1),
+        ("edgefl/lab-1/devices/pi-07/secagg", 1),
     )
+    assert topics.sender("edgefl/lab-1/secagg/pi-07") == ("secagg", "pi-07")
 
 
 def test_default_federation() -> None:

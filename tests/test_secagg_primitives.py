@@ -316,10 +316,25 @@ def test_secagg_plus_unmasks_the_survivors_sum_after_a_drop_out() -> None:
 
 
 def test_degree_grows_with_log_n_and_is_complete_for_small_n() -> None:
-    expected = {2: 1, 3: 2, 4: 3, 5: 4, 7: 6, 8: 6, 9: 8, 16: 8, 17: 10, 100: 14, 1000: 20, 100_000: 34}
+    expected = {2: 1, 3: 2, 4: 3, 5: 4, 7: 6, 8: 7, 9: 8, 16: 15, 17: 16, 100: 16, 1000: 20, 100_000: 34}
     assert {n: degree_for(n) for n in expected} == expected
     with refused("bad_devices"):
         degree_for(1)
+
+
+def test_degree_keeps_a_majority_of_neighbours_at_the_planned_dropout() -> None:
+    # the binomial tail the degree is chosen by, checked against a simulation of 20,000 neighbourhoods
+    rng = np.random.default_rng(0)
+    for dropout in (0.1, 0.2, 0.3):
+        k = degree_for(1000, dropout)
+        survivors = rng.binomial(k, 1 - dropout, 20_000)
+        assert np.mean(survivors < k // 2 + 1) <= 5e-4
+        if dropout > 0.1:  # above the logarithmic floor (20 at 1,000), a smaller even degree would not do
+            smaller = k - 2
+            assert np.mean(rng.binomial(smaller, 1 - dropout, 400_000) < smaller // 2 + 1) > 5e-5
+    assert degree_for(1000, 0.3) == 84 and degree_for(1000, 0.05) == 20
+    with refused("dropout_too_high"):
+        degree_for(100, 0.5)
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 7, 8, 10, 100, 257])

@@ -396,3 +396,39 @@ def test_messages_round_trip_and_entries_are_checked():
         unpack_entries(["x:not base64!"], 1, "shares")
     assert "base64" in str(caught.value)
     assert dtype_for(32) == np.uint32
+
+
+@pytest.mark.parametrize("options,says", [
+    ({"codec": "topk:0.1"}, "would reveal which coordinates"),
+    ({"codec": "int8"}, "does not sum"),
+    ({"strategy": "median"}, "a streaming strategy"),
+    ({"dp_noise_multiplier": 1.0, "dp_clip": "adaptive"}, "a fixed --dp-clip"),
+    ({"min_clients": 2, "min_reports": 2}, "--min-clients >= 3"),
+])
+def test_the_coordinator_refuses_what_secure_aggregation_cannot_go_with(tmp_path, options, says):
+    from coordinator.config import CoordinatorConfig
+    from coordinator.errors import ConfigError
+
+    settings = {"min_clients": 3, **options}
+    with pytest.raises(ConfigError) as caught:
+        CoordinatorConfig(tmp_path / "artifact", tmp_path / "state", secure_aggregation=True, **settings)
+    assert caught.value.key == "secure-aggregation" and says in str(caught.value)
+    CoordinatorConfig(tmp_path / "artifact", tmp_path / "state", min_clients=3, secure_aggregation=True,
+                      dp_noise_multiplier=1.0, dp_clip=2.0)  # fixed clipping composes
+
+
+def test_unrecoverable_says_when_closing_now_would_abandon_and_stops_saying_it_as_inputs_arrive():
+    r = Round(12)  # degree 11 (complete), threshold 6
+    routed = r.shares(r.keys())
+    peers = list(r.task.peers)
+    assert r.coordinator.unrecoverable() == "no device sent a masked input"
+    for i, d in enumerate(peers):
+        r.devices[d].accept_routed(routed[d])
+        header, tensors = r.devices[d].masked_input(r.updates[d], CLIP, 5, r.rng(d))
+        assert r.coordinator.offer_masked(d, header, tensors) is None
+        # each device needs 6 surviving neighbours: 7 masked inputs (6 others for each of them) are enough
+        assert (r.coordinator.unrecoverable() is None) == (i + 1 >= 7), i
+    requests = r.coordinator.advance()
+    r.reveal(requests)
+    _, count = r.coordinator.result()
+    assert count == 12

@@ -34,6 +34,15 @@ class WeightedSum:
         self.total_weight += weight
         self.count += 1
 
+    def add_sum(self, total: Mapping[str, np.ndarray], count: int) -> None:
+        """Add the sum of ``count`` updates of weight 1 at once (secure aggregation: only the sum is known)."""
+        if count <= 0:
+            raise ValueError(f"count must be > 0, got {count}")
+        for name, running in self._sums.items():
+            running += np.asarray(total[name], np.float64)
+        self.total_weight += count
+        self.count += count
+
     def mean(self) -> Weights:
         """The weighted mean, as float32; an empty sum has no mean."""
         if self.count == 0:

@@ -66,6 +66,14 @@ class NormObserver(Protocol):
 
 
 @runtime_checkable
+class SumAccumulator(Protocol):
+    """A streaming strategy's accumulator that can take the sum of several updates at once (secure aggregation,
+    where the coordinator never sees one update alone)."""
+
+    def add_sum(self, total: Mapping[str, np.ndarray], count: int) -> None: ...
+
+
+@runtime_checkable
 class Private(Protocol):
     """What the round machine asks a differentially private wrapper (``coordinator.strategies.dp_fedavg``),
     without importing it (its accountant needs ``dp_accounting``, which a run without DP does not)."""

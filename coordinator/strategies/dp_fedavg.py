@@ -139,6 +139,9 @@ class DpSum:
     def add(self, tensors: Mapping[str, np.ndarray], weight: float) -> None:
         self._sum.add(tensors, 1.0)  # uniform: an example count is a device's claim, of unbounded sensitivity
 
+    def add_sum(self, total: Mapping[str, np.ndarray], count: int) -> None:
+        self._sum.add_sum(total, count)  # each of weight 1, as ``add`` weighs them
+
     def observe_norm(self, norm: float) -> None:
         self.norms.append(float(norm))
 

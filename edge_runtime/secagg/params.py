@@ -11,6 +11,7 @@ fewer devices than the threat model allows (docs/SECURITY.md).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -57,11 +58,10 @@ class SecureParams:
 
     @classmethod
     def from_task(cls, task: TrainTask) -> SecureParams:
-        try:
-            seed = bytes.fromhex(task.secure_seed)
-        except ValueError as exc:
+        if not re.fullmatch(f"[0-9a-f]{{{2 * SEED_BYTES}}}", task.secure_seed):
             raise SecAggError("bad_parameters", f"secure_seed {task.secure_seed[:80]!r}; expected "
-                                                f"{2 * SEED_BYTES} hex digits") from exc
+                                                f"{2 * SEED_BYTES} lowercase hex digits")
+        seed = bytes.fromhex(task.secure_seed)
         return cls(task.task_id, task.round, seed, task.secure_degree, task.secure_threshold, task.secure_value_bits,
                    task.secure_modulus_bits, task.peers)
 
