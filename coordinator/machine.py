@@ -71,6 +71,7 @@ from edge_runtime.protocol import (
     TrainTask,
     UpdateHeader,
     decode,
+    decode_header,
     decode_tensors,
     encode,
     encode_tensors,
@@ -252,6 +253,9 @@ class RoundMachine:
         if self._round is not None:
             self._round.close("stopped")
             self._withdraw(self._round.plan.selected)
+            if self._secure is not None:  # no roster or unmask request left retained for a round that is gone
+                for device in sorted(self._round.plan.selected):
+                    self._publish(self.topics.secure_out(device), b"")
             self._round, self._secure = None, None
         elif self._evaluation is not None:
             self._end_evaluation(now)
@@ -372,12 +376,13 @@ class RoundMachine:
             self._secure_until, self._secure_closed_by = now.clock + UNMASK_FOR * timeout, closed_by
         elif stage == "unmask":
             try:
-                total, count = secure.result()
+                total, _ = secure.result()
             except Abandoned as exc:
                 log.warning("round %d: secure aggregation abandoned: %s", current.plan.number, exc.problem)
                 self._end_secure(current, secure, self._secure_closed_by, now, exc.reason)
                 return
-            refused = current.offer_sum(total, count, quantization_step(secure.params, current.plan.clip_norm))
+            refused = current.offer_sum(total, secure.survivors, quantization_step(secure.params,
+                                                                                     current.plan.clip_norm))
             self._end_secure(current, secure, self._secure_closed_by, now, refused)
 
     def _end_secure(self, current: OpenRound, secure: SecureAggregation,
@@ -525,6 +530,9 @@ class RoundMachine:
     def _on_update(self, device: str, payload: bytes) -> None:
         if self._secure is not None:
             self._on_masked(device, payload, self._secure)
+            return
+        if self.config.secure_aggregation:  # a masked input after its round closed (an over-selected device)
+            self._no_round(decode_header(payload, MaskedHeader, self._limit).round)
             return
         header, tensors = decode_tensors(payload, UpdateHeader, self._limit)
         if self._round is None:

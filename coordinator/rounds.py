@@ -173,11 +173,12 @@ class OpenRound:
         self._examples += header.examples
         return None
 
-    def offer_sum(self, total: np.ndarray, count: int, step: float) -> str | None:
-        """Accept the unmasked sum of ``count`` updates (secure aggregation; flat, in manifest order), each weighing
-        1, or return why it is refused. Each update was quantized in steps of ``step``; the sum's norm must be
+    def offer_sum(self, total: np.ndarray, devices: frozenset[str], step: float) -> str | None:
+        """Accept the unmasked sum of the updates of ``devices`` (secure aggregation; flat, in manifest order), each
+        weighing 1, or return why it is refused. Each update was quantized in steps of ``step``; the sum's norm must be
         within ``count`` bounds plus that rounding, which catches a device that filled every coordinate up to the
         bound (L-infinity instead of L2): the coordinator cannot check one update alone."""
+        count = len(devices)
         if not np.all(np.isfinite(total)):
             self.tally.rejected[NON_FINITE] += 1
             return NON_FINITE
@@ -195,6 +196,7 @@ class OpenRound:
             raise TypeError(f"strategy {self._strategy.name} cannot take a sum of updates (secure aggregation)")
         accumulated.add_sum(tensors, count)
         self._reported += count
+        self._answered |= devices
         return None
 
     def _check_tensors(self, tensors: Mapping[str, np.ndarray], name: str, seed: int,

@@ -173,6 +173,8 @@ class SecureAggregation:
                 raise SecAggError("bad_masked", f"a masked input of {sorted(tensors)} ({found}) modulo 2^"
                                                 f"{header.modulus_bits}; expected one {MASKED_TENSOR!r} tensor of "
                                                 f"{dtype}[{self.length}] modulo 2^{bits}")
+            if sender in self._masked:
+                raise SecAggError("out_of_order", f"a second masked input from {sender!r}")
             if bits < 8 * dtype.itemsize and int(value.max(initial=0)) >> bits:
                 raise SecAggError("bad_masked", f"a masked value is not below 2^{bits}")
             self._sum = masks.add_mod(self._sum, value, bits)
@@ -195,6 +197,8 @@ class SecureAggregation:
         if self.stage != "keys" or sender in self._keys:
             raise SecAggError("out_of_order", f"keys from {sender!r} at stage {self.stage}")
         cipher, mask = check_keys(message)
+        if any(cipher in known[:2] or mask in known[:2] for known in self._keys.values()):
+            raise SecAggError("bad_public_key", f"{sender!r} advertised a key another device of the round holds")
         self._keys[sender] = (cipher, mask, message.seed_sha256)
 
     def _take_shares(self, sender: str, message: SecAggShares) -> None:
@@ -231,8 +235,8 @@ class SecureAggregation:
             members = self._prune(frozenset(self._keys), "advertised keys")
             self.counts.advertised, self._members, self.stage = len(self._keys), members, "shares"
             return {d: SecAggRoster(p.task_id, p.round, tuple(
-                pack_entry(v, self._keys[v][0], self._keys[v][1]) for v in sorted(self._neighbours(d, members))))
-                for d in sorted(members)}
+                pack_entry(v, self._keys[v][0], self._keys[v][1]) for v in sorted(self._neighbours(d, members))),
+                pack_entry(d, self._keys[d][0], self._keys[d][1])) for d in sorted(members)}
         if self.stage == "shares":
             members = self._prune(frozenset(self._sealed), "sent their shares")
             self.counts.shared, self._members, self.stage = len(self._sealed), members, "masked"
@@ -289,8 +293,19 @@ class SecureAggregation:
 
     # -- the sum ----------------------------------------------------------------------------------
 
+    @property
+    def survivors(self) -> frozenset[str]:
+        """The devices whose masked inputs the sum holds (once the masked stage has closed)."""
+        return frozenset(self._masked) if self.stage in ("unmask", "done") else frozenset()
+
     def result(self) -> tuple[np.ndarray, int]:
         """The float64 sum of the survivors' clipped updates and their count. Raises ``Abandoned``."""
+        try:
+            return self._unmasked()
+        except SecAggError as exc:  # e.g. a rebuilt key that agrees with nothing: never a sum, never a crash
+            raise Abandoned("cannot_unmask", exc.problem) from exc
+
+    def _unmasked(self) -> tuple[np.ndarray, int]:
         if self.stage != "done":
             raise SecAggError("out_of_order", f"the sum is not known at stage {self.stage}")
         p, bits, total = self.params, self.params.modulus_bits, self._sum

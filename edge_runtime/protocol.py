@@ -318,11 +318,14 @@ class SecAggKeys:
 
 @dataclass(frozen=True)
 class SecAggRoster:
-    """Coordinator -> device: the keys of its neighbours that advertised, entries "DEVICE:CIPHER_B64:MASK_B64"."""
+    """Coordinator -> device: the keys of its neighbours that advertised, entries "DEVICE:CIPHER_B64:MASK_B64", and
+    its own keys as the coordinator holds them (``own``, one such entry): a device whose session is not the one that
+    advertised them (restarted since) refuses the roster instead of sealing shares nobody could open."""
 
     task_id: str
     round: int
     neighbours: tuple[str, ...]
+    own: str
     kind: Literal["secagg-roster"] = "secagg-roster"
 
 

@@ -264,6 +264,7 @@ def test_coordinator_refuses_bad_shares_and_masked_inputs():
     assert c.offer_masked(b, dataclasses.replace(header, modulus_bits=31), tensors) == "bad_masked"
     assert c.offer_masked(b, dataclasses.replace(header, round=2), tensors) == "wrong_round"
     assert c.offer_masked(b, header, tensors) is None
+    assert c.offer_masked(b, header, tensors) == "out_of_order"  # delivered twice: added once
 
 
 def test_coordinator_refuses_a_reveal_about_a_non_neighbour():
@@ -285,7 +286,7 @@ def test_device_refuses_bad_rosters_routes_and_requests():
     stranger = next(d for d in r.task.peers if d != device and d not in r.params.graph[device])
     roster = rosters[device]
     extra = pack_entry(stranger, bytes(32), bytes(32))
-    forged = SecAggRoster(roster.task_id, roster.round, (*roster.neighbours, extra))
+    forged = SecAggRoster(roster.task_id, roster.round, (*roster.neighbours, extra), roster.own)
     with pytest.raises(SecAggError) as caught:
         session.shares(forged)
     assert caught.value.reason == "not_neighbour"
@@ -432,3 +433,29 @@ def test_unrecoverable_says_when_closing_now_would_abandon_and_stops_saying_it_a
     r.reveal(requests)
     _, count = r.coordinator.result()
     assert count == 12
+
+
+def test_a_device_restarted_after_advertising_refuses_its_roster():
+    """Its new session's keys are not those its neighbours were given: sealing shares under them would make every
+    neighbour's routed shares fail to open. It refuses, so only it drops out."""
+    r = Round(12)
+    rosters = r.keys()
+    device = next(iter(rosters))
+    restarted = DeviceSession(device, r.task)
+    restarted.keys()  # what the agent does on the task delivered again after its restart
+    with pytest.raises(SecAggError) as caught:
+        restarted.shares(rosters[device])
+    assert caught.value.reason == "not_participant"
+    other = next(d for d in rosters if d != device)
+    with pytest.raises(SecAggError):  # nor may one device's roster be used by another
+        r.devices[other].shares(rosters[device])
+    assert r.devices[device].shares(rosters[device]) is not None
+
+
+def test_a_key_another_device_advertised_is_refused():
+    r = Round(6)
+    peers = list(r.task.peers)
+    first = r.devices[peers[0]].keys()
+    assert r.coordinator.offer(peers[0], first) is None
+    copied = dataclasses.replace(r.devices[peers[1]].keys(), mask_key=first.mask_key)
+    assert r.coordinator.offer(peers[1], copied) == "bad_public_key"

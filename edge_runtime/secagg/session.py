@@ -85,6 +85,11 @@ class DeviceSession:
         p = self.params
         self._expect("shares")
         p.check_round(roster.task_id, roster.round)
+        own = _entries((roster.own,), 2, "roster's own keys")
+        if own != {self.device_id: (self._cipher.public_bytes(), self._mask.public_bytes())}:
+            raise SecAggError("not_participant", "the roster's keys for this device are not its session's: it "
+                                                 "restarted after advertising them, or the roster is for another "
+                                                 "device")
         listed = _entries(roster.neighbours, 2, "roster")
         strangers = sorted(set(listed) - self.neighbours)
         if strangers:
