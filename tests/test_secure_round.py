@@ -459,3 +459,42 @@ def test_a_key_another_device_advertised_is_refused():
     assert r.coordinator.offer(peers[0], first) is None
     copied = dataclasses.replace(r.devices[peers[1]].keys(), mask_key=first.mask_key)
     assert r.coordinator.offer(peers[1], copied) == "bad_public_key"
+
+
+def wrong_share(share: bytes) -> bytes:
+    """A well-formed share (66 bytes, below the prime) of another polynomial: it passes every format check."""
+    return ((int.from_bytes(share, "big") + 12345) % (2**521 - 1)).to_bytes(66, "big")
+
+
+def test_a_wrong_share_among_more_than_t_does_not_abandon_the_round():
+    r = Round(12)  # degree 11, threshold 6: 11 holders reveal each survivor's seed share
+    requests, sent = r.masked(r.shares(r.keys()))
+    liar = sorted(requests)[0]
+    for d, request in requests.items():
+        reveal = r.devices[d].reveal(wire(request))
+        if d == liar:  # it lies about every neighbour's share
+            entries = unpack_entries(reveal.shares, 1, "reveal")
+            reveal = dataclasses.replace(reveal, shares=tuple(pack_entry(o, wrong_share(v)) for o, (v,) in
+                                                                  sorted(entries.items())))
+        assert r.coordinator.offer(d, wire(reveal)) is None
+    r.coordinator.advance()
+    total, count = r.coordinator.result()
+    assert count == 12 and np.array_equal(levels_of(total, count, r.params), r.expected_levels(sent))
+    assert r.coordinator.counts.rejected["wrong_share"] > 0  # rebuilt from other sets of t, and counted
+
+
+def test_with_exactly_t_shares_a_wrong_one_abandons_rather_than_commit():
+    r = Round(12)
+    requests, _ = r.masked(r.shares(r.keys()))
+    revealers = sorted(requests)[:7]  # a revealer's own secrets then have exactly the threshold of shares, 6
+    for d in revealers:
+        reveal = r.devices[d].reveal(wire(requests[d]))
+        if d == revealers[0]:
+            entries = unpack_entries(reveal.shares, 1, "reveal")
+            reveal = dataclasses.replace(reveal, shares=tuple(pack_entry(o, wrong_share(v)) for o, (v,) in
+                                                                  sorted(entries.items())))
+        assert r.coordinator.offer(d, wire(reveal)) is None
+    r.coordinator.advance()
+    with pytest.raises(Abandoned) as caught:
+        r.coordinator.result()
+    assert caught.value.reason == "wrong_secret"
