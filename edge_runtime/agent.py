@@ -348,10 +348,10 @@ class DeviceAgent:
             if topic:
                 self._publish(topic, report)  # delivered again after a reconnect: resend, do not retrain
             return
-        self.stats.tasks += 1
         if isinstance(task, TrainTask) and task.secure:
             self._begin_secure(task)
         else:
+            self.stats.tasks += 1
             self._start(task)
 
     # -- secure aggregation (edge_runtime.secagg.session; PROTOCOL.md 5.13) ---------------------------------
@@ -360,6 +360,7 @@ class DeviceAgent:
         """A secure round: advertise keys now; train once the neighbours' shares have arrived."""
         if self._secure is not None and self._secure[0].task_id == task.task_id:
             return  # the same task delivered again after a reconnect: the session goes on
+        self.stats.tasks += 1
         from edge_runtime.secagg.session import DeviceSession
 
         try:
