@@ -46,7 +46,7 @@ from coordinator.rounds import (
     Weighting,
     task_seed,
 )
-from coordinator.secure_round import Abandoned, SecureAggregation, new_params, quantization_step, secure_fields
+from coordinator.secure_round import Abandoned, SecureAggregation, new_params, secure_fields
 from coordinator.selection import goal_count, select, selection_size
 from coordinator.server_state import Arrays, ServerState
 from coordinator.strategies import Strategy
@@ -77,6 +77,7 @@ from edge_runtime.protocol import (
     encode_tensors,
     weights_sha256,
 )
+from edge_runtime.secagg.quantize import step
 
 log = logging.getLogger(__name__)
 # After starting, the retained device statuses arrive in a burst: settling lasts at least SETTLE_S, then until no
@@ -361,29 +362,26 @@ class RoundMachine:
                 return
         elif waiting and now.clock < self._secure_until:
             return
-        timeout = self.config.round_timeout
+        if stage == "unmask":
+            closed_by = self._secure_closed_by  # the round closed with its masked stage
         try:
             messages = secure.advance()
+            total = secure.result()[0] if stage == "unmask" else None
         except Abandoned as exc:
             log.warning("round %d: secure aggregation abandoned: %s", current.plan.number, exc.problem)
             self._end_secure(current, secure, closed_by, now, exc.reason)
             return
         for device, message in messages.items():
             self._publish(self.topics.secure_out(device), encode(message))
+        timeout = self.config.round_timeout
         if stage == "keys":
             self._secure_until = self._started.clock + SHARES_UNTIL * timeout
         elif stage == "masked":
             self._secure_until, self._secure_closed_by = now.clock + UNMASK_FOR * timeout, closed_by
-        elif stage == "unmask":
-            try:
-                total, _ = secure.result()
-            except Abandoned as exc:
-                log.warning("round %d: secure aggregation abandoned: %s", current.plan.number, exc.problem)
-                self._end_secure(current, secure, self._secure_closed_by, now, exc.reason)
-                return
-            refused = current.offer_sum(total, secure.survivors, quantization_step(secure.params,
-                                                                                     current.plan.clip_norm))
-            self._end_secure(current, secure, self._secure_closed_by, now, refused)
+        elif total is not None:
+            refused = current.offer_sum(total, secure.survivors, step(current.plan.clip_norm,
+                                                                      secure.params.value_bits))
+            self._end_secure(current, secure, closed_by, now, refused)
 
     def _end_secure(self, current: OpenRound, secure: SecureAggregation,
                     closed_by: Literal["goal", "all_answered", "deadline"], now: Now, abandoned: str | None) -> None:

@@ -26,6 +26,7 @@ from coordinator.server_state import ServerState
 from coordinator.strategies import Diagnostics, Strategy
 from coordinator.strategies.base import NormObserver, RoundContext, SumAccumulator
 from edge_runtime.codecs import get_codec
+from edge_runtime.codecs.flat import unflatten
 from edge_runtime.errors import WeightsError
 from edge_runtime.local_dp import noised_bound
 from edge_runtime.manifest import WeightSpec
@@ -186,11 +187,7 @@ class OpenRound:
         if not float(np.linalg.norm(total)) <= count * self.plan.clip_norm * (1 + 1e-5) + slack:
             self.tally.rejected[NORM_EXCEEDED] += 1
             return NORM_EXCEEDED
-        tensors, offset = {}, 0
-        for spec in self._specs:
-            size = math.prod(spec.shape)
-            tensors[spec.name] = total[offset: offset + size].reshape(spec.shape)
-            offset += size
+        tensors = unflatten(total, self._specs)
         accumulated = self._accumulated
         if not isinstance(accumulated, SumAccumulator):
             raise TypeError(f"strategy {self._strategy.name} cannot take a sum of updates (secure aggregation)")

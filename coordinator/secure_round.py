@@ -117,10 +117,6 @@ def secure_fields(params: SecureParams) -> dict[str, object]:
             "secure_value_bits": params.value_bits, "secure_modulus_bits": params.modulus_bits, "peers": params.peers}
 
 
-def quantization_step(params: SecureParams, clip: float) -> float:
-    return float(2 * clip / (2**params.value_bits - 1))
-
-
 class SecureAggregation:
     """The coordinator's secure round (module docstring)."""
 

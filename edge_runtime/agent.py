@@ -494,40 +494,32 @@ class DeviceAgent:
                              mu=task.mu, on_step=lambda step, loss: self._check_continue(task, step + 1))
         self._wait(task, self.pace.compute_wait_s(result.wall_time_s), result.steps)
         local = trainer.get_weights()
-        if task.secure:
-            sent = self._masked(task, model, select(local, manifest.federated), base, result.steps)
-            if manifest.personal:
-                model.personal = select(local, manifest.personal)
-                self._personal.save(model.artifact_id, model.personal)
-            return sent
-        update = self._updates.encode(self.config.device_id, task, select(local, manifest.federated), base,
-                                      len(data), result.mean_loss, model.residual)
-        self._wait(task, self.pace.upload_wait_s(len(update.payload)), result.steps)
+        federated = select(local, manifest.federated)
+        if task.secure:  # its encoding is its own: no codec, no residual
+            (payload, norm), residual = self._masked(task, federated, base), None
+        else:
+            update = self._updates.encode(self.config.device_id, task, federated, base, len(data), result.mean_loss,
+                                          model.residual)
+            payload, norm, residual = update.payload, update.header.norm, update.residual
+        self._wait(task, self.pace.upload_wait_s(len(payload)), result.steps)
         if manifest.personal:  # only now: a task abandoned before its upload keeps the previous ones
             model.personal = select(local, manifest.personal)
             self._personal.save(model.artifact_id, model.personal)
-        if update.residual is not None:  # likewise: an update never sent leaves the residual as it was
-            model.residual = update.residual
+        if residual is not None:  # likewise: an update never sent leaves the residual as it was
+            model.residual = residual
             self._residuals.save(model.artifact_id, model.residual)
         if self.config.local_noise:  # counted before it is sent: a lost upload still counts (conservative)
             self._account_local(self._local_dp.add(model.artifact_id, self.config.local_noise))
-        log.info("%s: round %d: trained in %.2f s, loss %.4f, update norm %.3f (bound %.3f), sending %d bytes",
-                 self.config.device_id, task.round, result.wall_time_s, result.mean_loss, update.header.norm,
-                 task.clip_norm, len(update.payload))
-        return self.topics.update(self.config.device_id), update.payload
+        log.info("%s: round %d: trained in %.2f s, loss %.4f, update norm %.3f (bound %.3f), sending %d bytes%s",
+                 self.config.device_id, task.round, result.wall_time_s, result.mean_loss, norm, task.clip_norm,
+                 len(payload), " (masked)" if task.secure else "")
+        return self.topics.update(self.config.device_id), payload
 
-    def _masked(self, task: TrainTask, model: _Model, local: Weights, base: Weights, steps: int) -> tuple[str, bytes]:
-        """A secure round's masked input, sent on the update topic (its encoding is its own: no codec, no
-        residual)."""
+    def _masked(self, task: TrainTask, local: Weights, base: Weights) -> tuple[bytes, float]:
+        """A secure round's masked input and the update's norm before clipping (for this log only)."""
         if self._secure is None or self._secure[0].task_id != task.task_id:
             raise _Stopped("failed", "secure aggregation: the round's session is gone")
-        payload, norm = self._updates.masked(task, local, base, self._secure[1])
-        self._wait(task, self.pace.upload_wait_s(len(payload)), steps)
-        if self.config.local_noise:
-            self._account_local(self._local_dp.add(model.artifact_id, self.config.local_noise))
-        log.info("%s: round %d: update norm %.3f (bound %.3f), sending a masked input of %d bytes",
-                 self.config.device_id, task.round, norm, task.clip_norm, len(payload))
-        return self.topics.update(self.config.device_id), payload
+        return self._updates.masked(task, local, base, self._secure[1])
 
     def _account_local(self, sent: list[tuple[float, int]]) -> None:
         rounds = sum(count for _, count in sent)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from edge_runtime.codecs import get_codec
+from edge_runtime.codecs.flat import flatten
 from edge_runtime.data import Dataset
 from edge_runtime.feedback import encode_with_feedback
 from edge_runtime.local_dp import noised_bound
@@ -83,10 +84,7 @@ class UpdatePipeline:
         """The payload for ``task``: ``local`` (the trainer's weights after training) against ``base`` (the
         global weights it started from); ``examples`` is the device's count, capped here; the header's norm is
         the difference's before clipping; ``residual``: the error feedback kept from the previous update."""
-        update, norm = clip(difference(local, base), task.clip_norm)
-        for stage in self.stages:
-            update = stage(update, task)
-        specs = tuple(WeightSpec(name, value.shape) for name, value in base.items())
+        update, norm, specs = self._staged(task, local, base)
         z = self.local_noise
         if z:  # local DP: nothing data-dependent travels in the clear, and the bound is the noised one
             header = UpdateHeader(device_id, task.task_id, task.round, task.model_version, 1, 0.0, 0.0, task.codec,
@@ -103,9 +101,16 @@ class UpdatePipeline:
         """A secure round's payload (``edge_runtime.secagg.session``): the clipped update after the stages, flat in
         ``base``'s order (the manifest's, as a flat codec's), quantized and masked; and the norm before clipping,
         for the device's log only (nothing about one device travels in the clear)."""
+        update, norm, specs = self._staged(task, local, base)
+        flat = flatten(update, specs)
+        header, tensors = session.masked_input(flat, task.clip_norm, task.model_version, np.random.default_rng())
+        return encode_tensors(header, tensors), norm
+
+    def _staged(self, task: TrainTask, local: Mapping[str, np.ndarray],
+                base: Weights) -> tuple[Weights, float, tuple[WeightSpec, ...]]:
+        """The update clipped to the task's bound and passed through the stages, its norm before clipping, and
+        the specs of the travelling weights in ``base``'s order (the manifest's)."""
         update, norm = clip(difference(local, base), task.clip_norm)
         for stage in self.stages:
             update = stage(update, task)
-        flat = np.concatenate([np.asarray(update[name], np.float32).ravel() for name in base])
-        header, tensors = session.masked_input(flat, task.clip_norm, task.model_version, np.random.default_rng())
-        return encode_tensors(header, tensors), norm
+        return update, norm, tuple(WeightSpec(name, value.shape) for name, value in base.items())

@@ -74,8 +74,13 @@ def dequantize_sum(total: np.ndarray, count: int, clip: float, value_bits: int, 
     if total.size and int(total.max()) > count * levels:
         raise SecAggError("bad_value", f"the sum holds {int(total.max())}, above {count} x {levels}: a device sent "
                                        "values out of range, or the masks did not cancel")
-    out: np.ndarray = total.astype(np.float64) * (2.0 * clip / levels) - count * clip
+    out: np.ndarray = total.astype(np.float64) * step(clip, value_bits) - count * clip
     return out
+
+
+def step(clip: float, value_bits: int) -> float:
+    """The width of one level: what a quantized value may be off by, at most."""
+    return float(2.0 * clip / (2**value_bits - 1))
 
 
 def _check_bits(value_bits: int, modulus_bits: int) -> np.dtype[np.unsignedinteger]:
